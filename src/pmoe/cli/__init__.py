@@ -1,0 +1,42 @@
+"""The `pmoe` command line. Each sub-command lives in its own module with `register(subparsers)`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pmoe.errors import PmoeError
+
+# Sub-command modules, in the order `pmoe --help` lists them.
+COMMANDS = ["train", "eval", "route", "experiment", "hf_prune"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pmoe", description=__import__("pmoe").__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"pmoe.cli.{name}")
+        except ModuleNotFoundError as e:  # a command whose module is not written yet
+            if e.name != f"pmoe.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `pmoe` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PmoeError as e:
+        print(f"pmoe {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

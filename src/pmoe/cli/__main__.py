@@ -1,0 +1,5 @@
+import sys
+
+from pmoe.cli import main
+
+sys.exit(main())
