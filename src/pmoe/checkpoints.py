@@ -1,0 +1,77 @@
+"""Checkpoints: a folder with `model.safetensors` (weights) and `config.json` (everything to rebuild the model).
+
+config.json = {"format": "pmoe", "version": 1, "arch": ..., "model": {...}, ...extra sections (data, train)}.
+Files are written atomically; loading checks the format, the architecture and every tensor's shape.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pmoe.errors import PmoeError, check
+from pmoe.io import atomic_path, write_json
+
+FORMAT, VERSION = "pmoe", 1
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+def save_checkpoint(out_dir: str | Path, model: nn.Module, arch: str, model_config: dict, **sections: Any) -> Path:
+    """Write weights and config of `model` into `out_dir` (created if needed). Returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "arch": arch})
+    write_json(out / CONFIG, {"format": FORMAT, "version": VERSION, "arch": arch, "model": model_config, **sections})
+    return out
+
+
+def read_config(ckpt_dir: str | Path) -> dict:
+    """config.json of a checkpoint folder, validated."""
+    path = Path(ckpt_dir) / CONFIG
+    check(Path(ckpt_dir).is_dir(), f"checkpoint folder {str(ckpt_dir)!r} does not exist")
+    check(path.is_file(), f"{path} is missing: {ckpt_dir} is not a pmoe checkpoint folder")
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PmoeError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt") from None
+    check(isinstance(cfg, dict) and cfg.get("format") == FORMAT and "arch" in cfg and "model" in cfg,
+          f"{path} is not a pmoe checkpoint config (expected keys format='pmoe', arch, model)")
+    return cfg
+
+
+def read_weights(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(ckpt_dir) / WEIGHTS
+    check(path.is_file(), f"{path} is missing: the checkpoint has no weights")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PmoeError(f"{path} is not a readable safetensors file ({e}); it is corrupt or truncated") from None
+
+
+def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Load `tensors` into `model`, refusing missing, unexpected or mis-shaped entries."""
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    check(not missing and not unexpected,
+          f"{source} does not match the model built from its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, t in tensors.items():
+        check(t.shape == expected[name].shape,
+              f"{source}: tensor {name!r} has shape {tuple(t.shape)}, the model expects {tuple(expected[name].shape)}")
+    model.load_state_dict(tensors)
+
+
+def load_checkpoint(ckpt_dir: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild the model of a checkpoint folder and load its weights. Returns (model, config)."""
+    from pmoe.models import build_model
+
+    cfg = read_config(ckpt_dir)
+    model = build_model(cfg["arch"], cfg["model"])
+    load_state(model, read_weights(ckpt_dir), str(Path(ckpt_dir) / WEIGHTS))
+    return model.eval(), cfg

@@ -1,0 +1,45 @@
+"""`pmoe hf-prune`: data-free expert pruning of a local Hugging Face MoE checkpoint, streamed shard by shard."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from pmoe.hf import METHODS, PruneSpec, prune_checkpoint
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """'0-2,5' -> (0, 1, 2, 5)."""
+    try:
+        out: list[int] = []
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            out.extend(range(int(first), int(last or first) + 1))
+        return tuple(out)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a layer list; expected numbers and ranges like 0-3,5")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "hf-prune", help="prune experts of a Hugging Face MoE checkpoint without data",
+        description="Keep, in every MoE layer, the experts whose router norm grew most during fine-tuning "
+                    "(Δ = ‖w^(T)‖ − ‖w^(0)‖), and write the pruned checkpoint shard by shard.")
+    p.add_argument("--base", required=True, help="pretrained model folder (only its routers are read)")
+    p.add_argument("--finetuned", required=True, help="fine-tuned model folder of the same architecture")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--keep", type=int, help="experts kept per MoE layer (1..k-1)")
+    size.add_argument("--ratio", type=float, help="fraction of experts pruned per MoE layer, in (0, 1)")
+    p.add_argument("--method", choices=METHODS, default="delta",
+                   help="delta: signed router-norm change (default); router-norm: fine-tuned norm; random")
+    p.add_argument("--layers", type=parse_layers, help="MoE layer numbers to prune, e.g. 0-31 (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --method random (default 0)")
+    p.add_argument("--out", required=True, help="output folder (must not exist)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = PruneSpec(keep=args.keep, ratio=args.ratio, method=args.method, layers=args.layers, seed=args.seed)
+    report = prune_checkpoint(args.base, args.finetuned, args.out, spec, progress=True)
+    print(json.dumps(report.to_dict()) if args.json else f"{report.summary()}\nwrote {args.out}")
+    return 0

@@ -1,0 +1,125 @@
+"""Routed MoE layers: a router, a bank of experts, and static-shape gather -> batched experts -> scatter.
+
+`PatchMoE` is pMoE's layer (per-sample expert choice, every expert takes l patches of every sample);
+`TokenMoE` is V-MoE's (every token takes its top-K experts, capacity per expert, batch-prioritized routing).
+Both return `MoEOutput`; expert weights keep a leading expert axis (see `pmoe.layers.experts`).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from pmoe.errors import check
+from pmoe.routing import GateMode, PatchRouting, TokenRouting, expert_choice, token_choice
+
+
+class MoEOutput(NamedTuple):
+    output: Tensor  # (B, n, d_out)
+    routing: PatchRouting | TokenRouting
+    aux_loss: Tensor  # () weighted auxiliary loss to add to the task loss (0 for patch routing)
+
+
+def _check_input(x: Tensor, d: int) -> None:
+    check(x.dim() == 3 and x.shape[-1] == d, f"MoE input must be (B, n, d={d}), got shape {tuple(x.shape)}")
+
+
+class PatchMoE(nn.Module):
+    """pMoE layer: expert s processes only the l patches of each sample it chose; the rest of its work is skipped.
+
+    Args:
+        experts: a bank mapping (k, M, d) -> (k, M, d_out).
+        l: patches per expert per sample.
+        gate: `softmax_selected` | `softmax_all` | `hard` (see `pmoe.routing.expert_choice`).
+        combine: `sum` adds the gated expert outputs of a patch (standard MoE, output (B, n, d_out));
+            `concat` puts expert s's output in channel block s (WRN-pMoE, output (B, n, k*d_out)).
+        router_std: std of the router's normal init.
+    """
+
+    def __init__(self, experts: nn.Module, l: int, gate: GateMode = "softmax_selected", combine: str = "sum",
+                 router_std: float = 0.02) -> None:
+        super().__init__()
+        check(combine in ("sum", "concat"), f"combine must be 'sum' or 'concat', got {combine!r}")
+        check(l >= 1, f"l (patches per expert) must be >= 1, got {l}")
+        self.experts, self.l, self.gate, self.combine = experts, l, gate, combine
+        self.num_experts, self.in_features = experts.num_experts, experts.in_features
+        self.router = nn.Linear(self.in_features, self.num_experts, bias=False)  # weight[s] = w_s
+        nn.init.normal_(self.router.weight, std=router_std)
+
+    def route(self, x: Tensor) -> PatchRouting:
+        """x: (B, n, d) -> each expert's top-l patches per sample."""
+        _check_input(x, self.in_features)
+        return expert_choice(self.router(x), self.l, self.gate)
+
+    def forward(self, x: Tensor, routing: PatchRouting | None = None) -> MoEOutput:
+        """x: (B, n, d) -> MoEOutput with output (B, n, d_out) [or (B, n, k*d_out) for concat]."""
+        r = self.route(x) if routing is None else routing
+        B, n, d = x.shape
+        k, l = self.num_experts, r.index.shape[-1]
+        flat = r.index.transpose(0, 1) + torch.arange(B, device=x.device).view(1, B, 1) * n  # (k, B, l) rows of x
+        xe = x.reshape(B * n, d).index_select(0, flat.reshape(-1)).view(k, B * l, d)  # (k, B*l, d)
+        ye = self.experts(xe) * r.gates.transpose(0, 1).reshape(k, B * l, 1).to(xe.dtype)  # (k, B*l, d_out)
+        d_out = ye.shape[-1]
+        if self.combine == "sum":
+            out = ye.new_zeros(B * n, d_out).index_add_(0, flat.reshape(-1), ye.reshape(k * B * l, d_out))
+            out = out.view(B, n, d_out)
+        else:  # expert s writes channel block s of its patches
+            rows = (flat * k + torch.arange(k, device=x.device).view(k, 1, 1)).reshape(-1)  # (k*B*l,) of (B*n*k)
+            out = ye.new_zeros(B * n * k, d_out).index_add_(0, rows, ye.reshape(k * B * l, d_out))
+            out = out.view(B, n, k * d_out)
+        return MoEOutput(out, r, x.new_zeros(()))
+
+
+class TokenMoE(nn.Module):
+    """V-MoE layer: top-K experts per token, at most `capacity` tokens per expert and group, BPR.
+
+    Tokens are routed in groups of `group_size` (default: the n tokens of one sample). Dropped choices
+    contribute nothing (the block's residual carries the token). Aux loss = w_imp * importance + w_load * load.
+    """
+
+    def __init__(self, experts: nn.Module, num_selected: int = 2, capacity_factor: float = 1.05,
+                 eval_capacity_factor: float = 1.5, batch_priority: bool = True, noise_std: float | None = None,
+                 group_size: int | None = None, importance_weight: float = 0.005, load_weight: float = 0.005,
+                 router_std: float = 0.02) -> None:
+        super().__init__()
+        self.experts, self.num_selected = experts, num_selected
+        self.num_experts, self.in_features = experts.num_experts, experts.in_features
+        check(1 <= num_selected <= self.num_experts, f"num_selected must be in 1..{self.num_experts}, got {num_selected}")
+        self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
+        self.batch_priority, self.group_size = batch_priority, group_size
+        self.noise_std = 1.0 / self.num_experts if noise_std is None else noise_std
+        self.importance_weight, self.load_weight = importance_weight, load_weight
+        self.router = nn.Linear(self.in_features, self.num_experts, bias=False)
+        nn.init.normal_(self.router.weight, std=router_std)
+
+    def route(self, x: Tensor) -> TokenRouting:
+        """x: (B, n, d) -> routing of G = B*n/group_size groups."""
+        _check_input(x, self.in_features)
+        B, n, d = x.shape
+        T = self.group_size or n
+        check((B * n) % T == 0, f"group_size={T} must divide the B*n={B * n} tokens")
+        logits = self.router(x.reshape(-1, T, d))  # (G, T, k)
+        c = self.capacity_factor if self.training else self.eval_capacity_factor
+        noise = self.noise_std if self.training else 0.0
+        return token_choice(logits, self.num_selected, c, self.batch_priority, noise)
+
+    def forward(self, x: Tensor, routing: TokenRouting | None = None) -> MoEOutput:
+        r = self.route(x) if routing is None else routing
+        B, n, d = x.shape
+        G, T, K = r.expert.shape
+        k, C = self.num_experts, r.capacity
+        g = torch.arange(G, device=x.device).view(G, 1, 1)
+        # Buffer row of every choice, expert-major: (e, g, c) -> e*G*C + g*C + c; dropped -> k*G*C (a zero row).
+        row = torch.where(r.dropped, k * G * C, r.expert * (G * C) + g * C + r.slot).reshape(-1)  # (G*T*K,)
+        token = (torch.arange(G * T, device=x.device).view(G, T, 1).expand(G, T, K)).reshape(-1)
+        src = torch.full((k * G * C + 1,), G * T, dtype=torch.long, device=x.device)  # empty slot -> zero row
+        src.scatter_(0, row, token)  # kept slots are unique; dropped ones all land on the spare last entry
+        x_pad = torch.cat([x.reshape(G * T, d), x.new_zeros(1, d)])
+        xe = x_pad.index_select(0, src[:-1]).view(k, G * C, d)  # (k, G*C, d)
+        ye = self.experts(xe).reshape(k * G * C, -1)  # (k*G*C, d_out)
+        ye = torch.cat([ye, ye.new_zeros(1, ye.shape[-1])])
+        picked = ye.index_select(0, row).view(G * T, K, -1)  # (G*T, K, d_out)
+        out = (picked * r.gates.reshape(G * T, K, 1).to(picked.dtype)).sum(dim=1).view(B, n, -1)
+        aux = self.importance_weight * r.importance_loss + self.load_weight * r.load_loss
+        return MoEOutput(out, r, aux)

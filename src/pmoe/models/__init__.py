@@ -1,0 +1,31 @@
+"""Model families, each built from a dataclass config that is saved beside its weights.
+
+`ARCHS` maps an architecture name (stored in a checkpoint's config.json) to its config class and builder.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from pmoe.errors import check
+from pmoe.models.theory import (THEORY_MODELS, MixtureOfCNNs, TheoryConfig, TwoLayerCNN, build_theory_model,
+                                theory_config)
+
+ARCHS: dict[str, tuple[type, Callable[..., nn.Module]]] = {
+    "theory": (TheoryConfig, build_theory_model),
+}
+
+
+def build_model(arch: str, config: dict) -> nn.Module:
+    """Rebuild a model from its architecture name and config dict (as saved in config.json)."""
+    check(arch in ARCHS, f"unknown architecture {arch!r}; expected one of {sorted(ARCHS)}")
+    cls, builder = ARCHS[arch]
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(config) - known)
+    check(not unknown, f"config of a {arch!r} model has unknown fields {unknown}; expected some of {sorted(known)}")
+    return builder(cls(**config))
+
+
+__all__ = ["ARCHS", "build_model", "THEORY_MODELS", "TheoryConfig", "TwoLayerCNN", "MixtureOfCNNs",
+           "build_theory_model", "theory_config"]

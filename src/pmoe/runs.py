@@ -1,0 +1,79 @@
+"""One training run from a spec: make data, build model, train, save, report. Used by the CLI and experiments."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from pmoe.checkpoints import load_checkpoint, save_checkpoint
+from pmoe.data import PatchDataset, make_dataset
+from pmoe.errors import check
+from pmoe.io import atomic_path
+from pmoe.metrics import discriminative_routing, evaluate
+from pmoe.models import theory_config
+from pmoe.models.theory import build_theory_model
+from pmoe.train import TrainConfig, train
+
+
+@dataclass
+class DataSpec:
+    name: str = "synthetic"  # synthetic | fashion-patches
+    samples: int = 1000  # N, training samples
+    test_samples: int = 2000
+    seed: int = 0  # which samples are drawn (fixed across training seeds, as in the paper)
+    options: dict = field(default_factory=dict)  # fields of the data set's config (n, d, noise, data_dir, ...)
+
+    def make(self) -> tuple[PatchDataset, PatchDataset]:
+        check(self.samples >= 2 and self.test_samples >= 2,
+              f"need at least 2 training and 2 test samples, got {self.samples} and {self.test_samples}")
+        train_ds = make_dataset(self.name, "train", self.samples, self.seed, **self.options)
+        test_ds = make_dataset(self.name, "test", self.test_samples, self.seed, **self.options)
+        return train_ds, test_ds
+
+
+def num_params(model: torch.nn.Module) -> dict[str, int]:
+    """{'params': trainable, 'params_total': all, fixed output weights included}."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    return {"params": trainable, "params_total": total}
+
+
+def summarize(model: torch.nn.Module, train_ds: PatchDataset, test_ds: PatchDataset) -> dict:
+    """Final metrics of a model on its train and test data."""
+    tr, te = evaluate(model, train_ds), evaluate(model, test_ds)
+    out = {"test_accuracy": te["accuracy"], "train_accuracy": tr["accuracy"], "test_loss": te["loss"],
+           "train_loss": tr["loss"], **num_params(model)}
+    if hasattr(model, "moe"):
+        out["routing"] = discriminative_routing(model, test_ds)
+    return out
+
+
+def run(model_name: str, data: DataSpec, train_cfg: TrainConfig, model_options: dict | None = None,
+        out_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Train `model_name` (cnn | pmoe | pmoe-separate) on `data`; save to `out_dir` if given. Returns the summary."""
+    start = time.perf_counter()
+    train_ds, test_ds = data.make()
+    cfg = theory_config(model_name, train_ds.n, train_ds.d, seed=train_cfg.seed, **(model_options or {}))
+    model = build_theory_model(cfg)
+    torch.manual_seed(train_cfg.seed)
+    history = train(model, train_ds, test_ds, train_cfg, progress=progress)
+    result = {"model": model_name, "data": data.name, "samples": data.samples, "seed": train_cfg.seed,
+              "epochs": train_cfg.epochs, **summarize(model, train_ds, test_ds),
+              "seconds": round(time.perf_counter() - start, 3)}
+    if out_dir is not None:
+        out = save_checkpoint(out_dir, model, "theory", cfg.to_dict(), data=asdict(data), train=train_cfg.to_dict(),
+                              result=result)
+        with atomic_path(out / "metrics.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(rec) + "\n" for rec in history))
+    return result
+
+
+def evaluate_checkpoint(ckpt_dir: str | Path) -> tuple[torch.nn.Module, dict, PatchDataset, PatchDataset]:
+    """Load a theory checkpoint and rebuild the data it was trained and tested on."""
+    model, cfg = load_checkpoint(ckpt_dir)
+    check("data" in cfg, f"{ckpt_dir}/config.json records no data spec; cannot rebuild its test data")
+    train_ds, test_ds = DataSpec(**cfg["data"]).make()
+    return model, cfg, train_ds, test_ds
