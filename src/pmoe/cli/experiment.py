@@ -1,0 +1,41 @@
+"""`pmoe experiment NAME`: reproduce a claim of the papers; writes results.json, PNG plots and results.md."""
+from __future__ import annotations
+
+import argparse
+
+from pmoe.cli.common import emit, positive_int
+from pmoe.experiments import sample_complexity
+from pmoe.experiments.sample_complexity import preset, run_experiment
+from pmoe.models import THEORY_MODELS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("experiment", help="run a paper experiment", description=__doc__)
+    exp = p.add_subparsers(dest="experiment", required=True, metavar="NAME")
+    s = exp.add_parser("sample-complexity", help="pMoE vs CNN: test accuracy against N, or samples needed vs n/l",
+                       description=sample_complexity.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--out", required=True, help="report folder")
+    s.add_argument("--mode", choices=("accuracy", "n-over-l"), default="accuracy")
+    s.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores instead of the paper's sweep")
+    s.add_argument("--data", choices=("fashion-patches", "synthetic"), help="accuracy mode's data set")
+    s.add_argument("--data-dir", help="IDX folder (e.g. MNIST) instead of Debian's Fashion-MNIST")
+    s.add_argument("--samples", type=positive_int, nargs="+", help="the N grid")
+    s.add_argument("--seeds", type=positive_int, help="seeds per point")
+    s.add_argument("--epochs", type=positive_int, help="training epochs per run")
+    s.add_argument("--models", nargs="+", choices=THEORY_MODELS, help="models to compare")
+    s.add_argument("--workers", type=positive_int, help="parallel runs (default: CPU cores)")
+    s.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    s.set_defaults(func=run_sample_complexity)
+
+
+def run_sample_complexity(args: argparse.Namespace) -> int:
+    cfg = preset(args.mode, args.quick)
+    for name in ("data", "samples", "seeds", "epochs", "models"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    if args.data_dir:
+        cfg.data_options["data_dir"] = args.data_dir
+    summary = run_experiment(cfg, args.out, args.workers, progress=not args.json)
+    emit(summary, args.json, [summary["report"], f"{summary['runs']} runs in {summary['seconds']} s; "
+                                                 f"report in {args.out}"])
+    return 0

@@ -1,0 +1,138 @@
+"""Sample complexity of pMoE against the CNN (the paper's headline claim, Chowdhury et al. 2023, Fig. 4/Table 1).
+
+Two modes:
+* `accuracy` -- test accuracy against the number of training samples N for cnn, pmoe, pmoe-separate
+  (the paper's MNIST figure; Fashion-MNIST patch canvases by default).
+* `n-over-l` -- on the theory's synthetic data, the fewest samples each model needs to reach a target test
+  accuracy as the number of patches n grows with l fixed (the theory: CNN ~ n^8, pMoE ~ l^8).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pmoe.errors import check
+from pmoe.experiments.runner import Job, run_jobs
+from pmoe.io import write_json, write_text
+from pmoe.models import THEORY_MODELS
+from pmoe.reports import line_plot, markdown_table, mean_std
+from pmoe.runs import DataSpec
+from pmoe.train import TrainConfig
+
+
+@dataclass
+class SampleComplexityConfig:
+    mode: str = "accuracy"  # accuracy | n-over-l
+    data: str = "fashion-patches"  # accuracy mode's data set
+    samples: list[int] = field(default_factory=lambda: [100, 300, 500, 700, 900, 1000])  # N grid
+    seeds: int = 5
+    epochs: int = 150
+    router_epochs: int = 100
+    models: list[str] = field(default_factory=lambda: list(THEORY_MODELS))
+    test_samples: int = 2000
+    data_options: dict = field(default_factory=dict)
+    # n-over-l mode: patches per sample swept, l of both pMoE models, accuracy to reach
+    n_values: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    l: int = 2
+    target: float = 0.9
+
+
+PAPER = SampleComplexityConfig()
+QUICK = SampleComplexityConfig(samples=[100, 300, 1000], seeds=2, epochs=30, router_epochs=20, test_samples=1000)
+N_OVER_L = SampleComplexityConfig(mode="n-over-l", data="synthetic", samples=[50, 100, 200, 400, 800, 1600],
+                                  seeds=3, epochs=60, router_epochs=30, test_samples=1000)
+N_OVER_L_QUICK = SampleComplexityConfig(mode="n-over-l", data="synthetic", samples=[50, 100, 200, 400, 800],
+                                        seeds=2, epochs=30, router_epochs=20, test_samples=500,
+                                        n_values=[4, 8, 16])
+
+
+def preset(mode: str, quick: bool) -> SampleComplexityConfig:
+    check(mode in ("accuracy", "n-over-l"), f"mode must be 'accuracy' or 'n-over-l', got {mode!r}")
+    if mode == "accuracy":
+        return SampleComplexityConfig(**asdict(QUICK if quick else PAPER))
+    return SampleComplexityConfig(**asdict(N_OVER_L_QUICK if quick else N_OVER_L))
+
+
+def _jobs(cfg: SampleComplexityConfig) -> list[Job]:
+    check(cfg.seeds >= 1 and cfg.samples and cfg.models, "need at least one seed, one sample size and one model")
+    check(all(m in THEORY_MODELS for m in cfg.models), f"models must be among {THEORY_MODELS}, got {cfg.models}")
+    n_values = cfg.n_values if cfg.mode == "n-over-l" else [None]
+    jobs = []
+    for n in n_values:
+        opts = dict(cfg.data_options, **({"n": n} if n is not None else {}))
+        for model in cfg.models:
+            model_opts = {"l": cfg.l} if (n is not None and model != "cnn") else {}
+            for N in cfg.samples:
+                for seed in range(cfg.seeds):
+                    data = DataSpec(cfg.data, N, cfg.test_samples, 0, opts)
+                    train = TrainConfig(epochs=cfg.epochs, router_epochs=cfg.router_epochs, seed=seed,
+                                        log_routing=False)
+                    jobs.append(Job(model, data, train, model_opts, tags={"n": n} if n is not None else {}))
+    return jobs
+
+
+def aggregate(results: list[dict], keys: tuple[str, ...]) -> dict[tuple, dict]:
+    """Group results by `keys` -> {'acc': (mean, std), 'routing': mean any-expert hit, 'runs': count}."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    out = {}
+    for key, rs in sorted(groups.items()):
+        hits = [r["routing"]["any_expert"] for r in rs if "routing" in r]
+        out[key] = {"acc": mean_std([r["test_accuracy"] for r in rs]), "runs": len(rs),
+                    "routing": sum(hits) / len(hits) if hits else None}
+    return out
+
+
+def _accuracy_report(cfg: SampleComplexityConfig, results: list[dict], out: Path) -> str:
+    agg = aggregate(results, ("model", "samples"))
+    series = {m: ([N for N in cfg.samples], [agg[(m, N)]["acc"][0] for N in cfg.samples],
+                  [agg[(m, N)]["acc"][1] for N in cfg.samples]) for m in cfg.models}
+    line_plot(out / "accuracy_vs_samples.png", series, "training samples N", "test accuracy",
+              f"{cfg.data}: mean ± std over {cfg.seeds} seeds, {cfg.epochs} epochs")
+    rows = [[N] + [f"{agg[(m, N)]['acc'][0]:.3f} ± {agg[(m, N)]['acc'][1]:.3f}" for m in cfg.models]
+            for N in cfg.samples]
+    text = markdown_table(["N"] + cfg.models, rows)
+    if "cnn" in cfg.models:
+        top = agg[("cnn", max(cfg.samples))]["acc"][0]
+        for m in (m for m in cfg.models if m != "cnn"):
+            match = next((N for N in cfg.samples if agg[(m, N)]["acc"][0] >= top), None)
+            text += f"\n{m} reaches the CNN's accuracy at N={max(cfg.samples)} ({top:.3f}) with " + \
+                    (f"N={match} samples." if match else "none of the sample sizes tried.")
+    return text
+
+
+def _n_over_l_report(cfg: SampleComplexityConfig, results: list[dict], out: Path) -> str:
+    agg = aggregate(results, ("n", "model", "samples"))
+    needed = {m: [] for m in cfg.models}
+    for m in cfg.models:
+        for n in cfg.n_values:
+            needed[m].append(next((N for N in cfg.samples if agg[(n, m, N)]["acc"][0] >= cfg.target), None))
+    ratio = [n / cfg.l for n in cfg.n_values]
+    series = {m: ([r for r, v in zip(ratio, needed[m]) if v], [v for v in needed[m] if v],
+                  [0.0 for v in needed[m] if v]) for m in cfg.models}
+    line_plot(out / "samples_needed_vs_n_over_l.png", series, "n / l", f"samples to reach {cfg.target:.0%}",
+              f"synthetic data, l={cfg.l}, mean over {cfg.seeds} seeds", logx=True)
+    show = lambda v: str(v) if v else f"> {max(cfg.samples)}"  # noqa: E731
+    text = markdown_table(["n", "n/l"] + [f"{m}: N to {cfg.target:.0%}" for m in cfg.models],
+                          [[n, f"{n / cfg.l:g}"] + [show(needed[m][i]) for m in cfg.models]
+                           for i, n in enumerate(cfg.n_values)])
+    rows = [[n, m, N, f"{a['acc'][0]:.3f} ± {a['acc'][1]:.3f}"] for (n, m, N), a in agg.items()]
+    return text + "\nAll runs:\n\n" + markdown_table(["n", "model", "N", "test accuracy"], rows)
+
+
+def run_experiment(cfg: SampleComplexityConfig, out_dir: str | Path, workers: int | None = None,
+                   progress: bool = True) -> dict:
+    """Run the sweep, write results.json, a PNG plot and results.md into out_dir; return the summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    results = run_jobs(_jobs(cfg), workers, progress)
+    report = (_accuracy_report if cfg.mode == "accuracy" else _n_over_l_report)(cfg, results, out)
+    seconds = round(time.perf_counter() - start, 1)
+    write_json(out / "results.json", {"config": asdict(cfg), "seconds": seconds, "runs": results})
+    write_text(out / "results.md", f"# Sample complexity ({cfg.mode})\n\n{report}\n\nConfig: `{json.dumps(asdict(cfg))}`"
+                                   f"\n\nWall time: {seconds} s.\n")
+    return {"mode": cfg.mode, "seconds": seconds, "runs": len(results), "report": report, "out": str(out)}
