@@ -29,16 +29,18 @@ def line_plot(path: str | Path, series: dict[str, tuple[list[float], list[float]
               ylabel: str, title: str, logx: bool = False, hline: float | None = None) -> None:
     """PNG of one line per series: name -> (x, mean, std); std drawn as a band."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, (x, m, s) in series.items():
+    drawn = {name: xms for name, xms in series.items() if xms[0]}  # a series may have no point (e.g. never reached)
+    for name, (x, m, s) in drawn.items():
         ax.plot(x, m, marker="o", label=name)
         ax.fill_between(x, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.2)
     if hline is not None:
         ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
-    if logx:
+    if logx and drawn:
         ax.set_xscale("log", base=2)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if drawn:
+        ax.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

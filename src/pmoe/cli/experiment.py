@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--samples", type=positive_int, nargs="+", help="the N grid")
     s.add_argument("--seeds", type=positive_int, help="seeds per point")
     s.add_argument("--epochs", type=positive_int, help="training epochs per run")
-    s.add_argument("--models", nargs="+", choices=THEORY_MODELS, help="models to compare")
+    s.add_argument("--models", nargs="+", metavar="MODEL",
+                   help=f"models to compare: {', '.join(THEORY_MODELS)}, each optionally with config overrides, "
+                        "e.g. cnn:neurons=40 pmoe:l=2")
     s.add_argument("--workers", type=positive_int, help="parallel runs (default: CPU cores)")
     s.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     s.set_defaults(func=run_sample_complexity)

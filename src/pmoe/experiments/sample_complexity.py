@@ -16,7 +16,7 @@ from pathlib import Path
 from pmoe.errors import check
 from pmoe.experiments.runner import Job, run_jobs
 from pmoe.io import write_json, write_text
-from pmoe.models import THEORY_MODELS
+from pmoe.models import THEORY_MODELS, TheoryConfig
 from pmoe.reports import line_plot, markdown_table, mean_std
 from pmoe.runs import DataSpec
 from pmoe.train import TrainConfig
@@ -55,21 +55,38 @@ def preset(mode: str, quick: bool) -> SampleComplexityConfig:
     return SampleComplexityConfig(**asdict(N_OVER_L_QUICK if quick else N_OVER_L))
 
 
+def parse_model(spec: str) -> tuple[str, dict]:
+    """'cnn:neurons=40,l=2' -> ('cnn', {'neurons': 40, 'l': 2}); a model name with optional config overrides."""
+    name, _, rest = spec.partition(":")
+    check(name in THEORY_MODELS, f"unknown model {name!r} in {spec!r}; expected one of {THEORY_MODELS}")
+    opts = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        check(bool(eq) and key in TheoryConfig.__dataclass_fields__,
+              f"bad model option {item!r} in {spec!r}; expected key=value with a key of TheoryConfig")
+        try:
+            opts[key] = json.loads(value)  # numbers
+        except json.JSONDecodeError:
+            opts[key] = value  # names such as gate=hard
+    return name, opts
+
+
 def _jobs(cfg: SampleComplexityConfig) -> list[Job]:
     check(cfg.seeds >= 1 and cfg.samples and cfg.models, "need at least one seed, one sample size and one model")
-    check(all(m in THEORY_MODELS for m in cfg.models), f"models must be among {THEORY_MODELS}, got {cfg.models}")
     n_values = cfg.n_values if cfg.mode == "n-over-l" else [None]
     jobs = []
     for n in n_values:
         opts = dict(cfg.data_options, **({"n": n} if n is not None else {}))
-        for model in cfg.models:
-            model_opts = {"l": cfg.l} if (n is not None and model != "cnn") else {}
+        for spec in cfg.models:
+            model, model_opts = parse_model(spec)
+            if n is not None and model != "cnn":
+                model_opts.setdefault("l", cfg.l)
             for N in cfg.samples:
                 for seed in range(cfg.seeds):
                     data = DataSpec(cfg.data, N, cfg.test_samples, 0, opts)
                     train = TrainConfig(epochs=cfg.epochs, router_epochs=cfg.router_epochs, seed=seed,
                                         log_routing=False)
-                    jobs.append(Job(model, data, train, model_opts, tags={"n": n} if n is not None else {}))
+                    jobs.append(Job(model, data, train, model_opts, tags={"spec": spec, **({"n": n} if n else {})}))
     return jobs
 
 
@@ -87,7 +104,7 @@ def aggregate(results: list[dict], keys: tuple[str, ...]) -> dict[tuple, dict]:
 
 
 def _accuracy_report(cfg: SampleComplexityConfig, results: list[dict], out: Path) -> str:
-    agg = aggregate(results, ("model", "samples"))
+    agg = aggregate(results, ("spec", "samples"))
     series = {m: ([N for N in cfg.samples], [agg[(m, N)]["acc"][0] for N in cfg.samples],
                   [agg[(m, N)]["acc"][1] for N in cfg.samples]) for m in cfg.models}
     line_plot(out / "accuracy_vs_samples.png", series, "training samples N", "test accuracy",
@@ -105,7 +122,7 @@ def _accuracy_report(cfg: SampleComplexityConfig, results: list[dict], out: Path
 
 
 def _n_over_l_report(cfg: SampleComplexityConfig, results: list[dict], out: Path) -> str:
-    agg = aggregate(results, ("n", "model", "samples"))
+    agg = aggregate(results, ("n", "spec", "samples"))
     needed = {m: [] for m in cfg.models}
     for m in cfg.models:
         for n in cfg.n_values:

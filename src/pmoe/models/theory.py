@@ -43,11 +43,11 @@ class TheoryConfig:
 
 # The paper's MNIST settings (official code): CNN 4 filters N(0, .1^2); joint pMoE 8 experts x 5 filters, l=6,
 # routers N(0, 1e-4^2), experts N(0, .01^2); separate pMoE 2 experts x 20 filters N(0, .1^2), l=2, outputs +1 / -1,
-# routers N(0, .1^2). The code pools every model with a global average over all n patch positions (pool="n"), and
-# its lr 0.2 is tuned for that; with the formula's 1/l (pool="l") separate training at lr 0.2 kills its ReLUs.
+# routers N(0, .1^2). Joint pMoE follows the formula's 1/l. The code pools separate pMoE with a global average over
+# all n positions (1/n), and at lr 0.2 with 1/l its ReLUs die (measured on Fashion-MNIST canvases: 24% vs 89%).
 PAPER_DEFAULTS: dict[str, dict] = {
-    "cnn": dict(experts=1, neurons=4, expert_std=0.1, router_std=0.0, pool="n"),
-    "pmoe": dict(experts=8, neurons=5, l=6, gate="softmax_selected", expert_std=0.01, router_std=1e-4, pool="n"),
+    "cnn": dict(experts=1, neurons=4, expert_std=0.1, router_std=0.0),
+    "pmoe": dict(experts=8, neurons=5, l=6, gate="softmax_selected", expert_std=0.01, router_std=1e-4),
     "pmoe-separate": dict(experts=2, neurons=20, l=2, gate="hard", expert_std=0.1, router_std=0.1,
                           output="signed", pool="n"),
 }

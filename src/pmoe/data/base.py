@@ -1,0 +1,72 @@
+"""The container every pmoe data set shares: samples of `n` patches of dimension `d` with a ±1 label."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from pmoe.errors import check
+
+
+@dataclass
+class PatchDataset:
+    """Binary patch-classification data: x (N, n, d), y (N,) in {+1, -1}, disc_pos (N,).
+
+    `disc_pos[i]` is the index (0..n-1) of sample i's class-discriminative patch. `grid` and `patch_shape`
+    say how the n patches tile an image (row-major), when they come from one.
+    """
+
+    x: torch.Tensor  # (N, n, d) float32 patches
+    y: torch.Tensor  # (N,) float32 labels, +1 or -1
+    disc_pos: torch.Tensor  # (N,) int64 position of the class-discriminative patch
+    grid: tuple[int, int] | None = None  # (rows, cols) of the patch grid, rows * cols == n
+    patch_shape: tuple[int, ...] | None = None  # shape of one patch, prod == d, e.g. (28, 28)
+    meta: dict = field(default_factory=dict)  # how it was made (json-serialisable)
+
+    def __post_init__(self) -> None:
+        check(self.x.dim() == 3 and self.x.dtype == torch.float32,
+              f"PatchDataset.x must be a float32 tensor (N, n, d), got {self.x.dtype} {tuple(self.x.shape)}")
+        N, n, d = self.x.shape
+        check(N >= 1 and n >= 1 and d >= 1, f"PatchDataset.x must have N, n, d >= 1, got {tuple(self.x.shape)}")
+        check(self.y.shape == (N,) and self.y.dtype == torch.float32,
+              f"PatchDataset.y must be a float32 tensor ({N},), got {self.y.dtype} {tuple(self.y.shape)}")
+        check(bool(((self.y == 1) | (self.y == -1)).all()), "PatchDataset.y must hold only +1 and -1")
+        check(self.disc_pos.shape == (N,) and self.disc_pos.dtype == torch.int64,
+              f"PatchDataset.disc_pos must be an int64 tensor ({N},), "
+              f"got {self.disc_pos.dtype} {tuple(self.disc_pos.shape)}")
+        check(bool(((self.disc_pos >= 0) & (self.disc_pos < n)).all()),
+              f"PatchDataset.disc_pos must lie in [0, {n})")
+        if self.grid is not None:
+            self.grid = tuple(self.grid)
+            check(len(self.grid) == 2 and self.grid[0] * self.grid[1] == n,
+                  f"PatchDataset.grid {self.grid} must be (rows, cols) with rows * cols == n == {n}")
+        if self.patch_shape is not None:
+            self.patch_shape = tuple(self.patch_shape)
+            check(math.prod(self.patch_shape) == d,
+                  f"PatchDataset.patch_shape {self.patch_shape} must have prod == d == {d}")
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def n(self) -> int:
+        """Patches per sample."""
+        return self.x.shape[1]
+
+    @property
+    def d(self) -> int:
+        """Dimension of one patch."""
+        return self.x.shape[2]
+
+    def subset(self, idx: torch.Tensor) -> PatchDataset:
+        """The samples picked by `idx` (indices or a boolean mask over N), same grid and meta."""
+        return PatchDataset(self.x[idx], self.y[idx], self.disc_pos[idx], self.grid, self.patch_shape,
+                            dict(self.meta))
+
+
+def balanced_labels(num_samples: int, gen: torch.Generator) -> torch.Tensor:
+    """(N,) float32 labels in random order: ceil(N/2) of +1 and floor(N/2) of -1."""
+    y = torch.full((num_samples,), -1.0)
+    y[: (num_samples + 1) // 2] = 1.0
+    return y[torch.randperm(num_samples, generator=gen)]

@@ -1,0 +1,102 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pmoe.cli import main
+
+TINY = ["--data", "synthetic", "--samples", "30", "--test-samples", "40", "--n", "6", "--d", "12", "--epochs", "2"]
+
+
+def last_json(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ck")
+    assert main(["train", "--model", "pmoe", "-l", "2", *TINY, "--out", str(out), "--json"]) == 0
+    return out
+
+
+def test_train_json_has_the_promised_fields(checkpoint):
+    cfg = json.loads((checkpoint / "config.json").read_text())
+    assert cfg["model"]["l"] == 2 and cfg["result"]["epochs"] == 2
+    assert {"test_accuracy", "train_accuracy", "epochs", "seconds", "params"} <= cfg["result"].keys()
+
+
+def test_eval_reproduces_the_training_result(checkpoint, capsys):
+    assert main(["eval", str(checkpoint), "--json"]) == 0
+    out = last_json(capsys)
+    saved = json.loads((checkpoint / "config.json").read_text())["result"]
+    assert out["test_accuracy"] == saved["test_accuracy"] and out["params"] == saved["params"]
+
+
+def test_route_reports_each_expert_against_chance(checkpoint, capsys):
+    assert main(["route", str(checkpoint), "--json"]) == 0
+    out = last_json(capsys)
+    assert out["chance"] == pytest.approx(2 / 6) and len(out["per_expert"]) == 8
+    assert main(["route", str(checkpoint)]) == 0
+    assert "chance (l/n) = 0.333" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--model", "pmoe", "-l", "7", *TINY, "--out", "{tmp}/a"], "l=7"),
+    (["train", "--model", "pmoe", "-l", "0", *TINY, "--out", "{tmp}/a"], "l=0"),
+    (["train", "--data", "fashion-patches", "--data-dir", "{tmp}/nowhere", "--samples", "10", "--out", "{tmp}/b"],
+     "nowhere"),
+    (["eval", "{tmp}/missing"], "does not exist"),
+    (["route", "{tmp}/cnn"], "has no routers"),
+])
+def test_bad_input_is_a_clear_error_without_traceback(tmp_path, capsys, args, message):
+    main(["train", "--model", "cnn", *TINY, "--out", str(tmp_path / "cnn")])
+    capsys.readouterr()
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
+    main(["train", "--model", "cnn", *TINY, "--out", str(tmp_path)])
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 10)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+
+
+def test_unknown_model_name_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--model", "transformer", "--out", "x"])
+    assert e.value.code == 2 and "invalid choice: 'transformer'" in capsys.readouterr().err
+
+
+def test_console_script_runs_as_a_module():
+    out = subprocess.run([sys.executable, "-m", "pmoe.cli", "--help"], capture_output=True, text=True, check=True)
+    for command in ("train", "eval", "route", "experiment", "hf-prune"):
+        assert command in out.stdout
+
+
+def test_sample_complexity_experiment_writes_json_plot_and_table(tmp_path, capsys):
+    args = ["experiment", "sample-complexity", "--out", str(tmp_path), "--data", "synthetic", "--samples", "20", "40",
+            "--seeds", "2", "--epochs", "2", "--models", "cnn", "pmoe:l=2", "--workers", "1", "--json"]
+    assert main(args) == 0
+    summary = last_json(capsys)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert summary["runs"] == len(results["runs"]) == 2 * 2 * 2
+    assert (tmp_path / "accuracy_vs_samples.png").read_bytes()[:4] == b"\x89PNG"
+    table = (tmp_path / "results.md").read_text()
+    assert "| N | cnn | pmoe:l=2 |" in table and "reaches the CNN's accuracy" in table
+
+
+def test_n_over_l_experiment_reports_samples_needed(tmp_path, capsys):
+    args = ["experiment", "sample-complexity", "--mode", "n-over-l", "--quick", "--out", str(tmp_path),
+            "--samples", "20", "--seeds", "1", "--epochs", "1", "--models", "cnn", "pmoe", "--workers", "1", "--json"]
+    assert main(args) == 0
+    assert "samples_needed_vs_n_over_l" in " ".join(p.name for p in tmp_path.iterdir())
+    assert "| n | n/l |" in last_json(capsys)["report"]
+
+
+def test_bad_model_spec_in_experiment(tmp_path, capsys):
+    assert main(["experiment", "sample-complexity", "--out", str(tmp_path), "--models", "cnn:depth=3"]) == 2
+    assert "bad model option 'depth=3'" in capsys.readouterr().err

@@ -1,0 +1,140 @@
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from pmoe.errors import PmoeError
+from pmoe.layers import ConvExperts, MlpExperts, PatchMoE, TokenMoE, relu_neurons
+from pmoe.layers.ffn import MoEMlp
+from pmoe.layers.reference import loop_forward, masked_forward
+
+D = torch.float64
+
+
+def banks():
+    torch.manual_seed(0)
+    return {
+        "mlp": MlpExperts(4, 12, 6, 5).to(D),
+        "relu-neurons": relu_neurons(4, 12, 3, torch.randn(4, 3)).to(D),
+        "conv": ConvExperts(4, 3, 2, patch_size=(2, 2), kernel_size=3, bias=True).to(D),
+    }
+
+
+def grads(layer, out):
+    layer.zero_grad()
+    (out * torch.linspace(-1, 1, out.numel(), dtype=D).view_as(out)).sum().backward()
+    return {k: p.grad.clone() for k, p in layer.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("bank", ["mlp", "relu-neurons", "conv"])
+@pytest.mark.parametrize("gate", ["softmax_selected", "softmax_all", "hard"])
+@pytest.mark.parametrize("combine", ["sum", "concat"])
+@pytest.mark.parametrize("l", [1, 3, 9])
+def test_patch_moe_equals_per_sample_per_expert_loop(bank, gate, combine, l):
+    layer = PatchMoE(banks()[bank], l, gate=gate, combine=combine, router_std=0.5).to(D)
+    x = torch.randn(5, 9, 12, dtype=D, requires_grad=True)
+    fast = layer(x).output
+    g_fast = grads(layer, fast)
+    slow = loop_forward(layer, x)
+    g_slow = grads(layer, slow)
+    torch.testing.assert_close(fast, slow)
+    assert g_fast.keys() == g_slow.keys() and (gate == "hard") == ("router.weight" not in g_fast)
+    for k in g_fast:
+        torch.testing.assert_close(g_fast[k], g_slow[k])
+    torch.testing.assert_close(fast, masked_forward(layer, x))
+
+
+def test_experts_see_only_their_l_patches_per_sample():
+    bank = MlpExperts(4, 12, 6).to(D)
+    seen = []
+    bank.register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape)))
+    PatchMoE(bank, l=2).to(D)(torch.randn(5, 9, 12, dtype=D))
+    assert seen == [(4, 5 * 2, 12)]  # k experts x B*l patches, not B*n
+
+
+def test_patch_moe_with_tied_router_scores_matches_loop():
+    layer = PatchMoE(MlpExperts(3, 4, 5).to(D), l=3).to(D)
+    layer.router.weight.data.zero_()  # every score ties
+    x = torch.randn(2, 6, 4, dtype=D)
+    torch.testing.assert_close(layer(x).output, loop_forward(layer, x))
+
+
+def test_patch_moe_bf16_is_close_to_float32():
+    torch.manual_seed(0)
+    layer = PatchMoE(MlpExperts(4, 16, 32), l=4)
+    x = torch.randn(3, 8, 16)
+    ref = layer(x).output
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = layer(x).output
+    torch.testing.assert_close(low.float(), ref, atol=0.05, rtol=0.05)
+
+
+def token_reference(layer, x):
+    """out[t] = sum over kept choices j of gate * expert_e(x_t), one token at a time."""
+    r = layer.route(x)
+    G, T, K = r.expert.shape
+    flat = x.reshape(G * T, -1)
+    out = []
+    for i in range(G * T):
+        g, t = divmod(i, T)
+        acc = 0
+        for j in range(K):
+            if not r.dropped[g, t, j]:
+                acc = acc + r.gates[g, t, j] * layer.experts.forward_expert(r.expert[g, t, j].item(), flat[i:i + 1])[0]
+        out.append(acc if torch.is_tensor(acc) else torch.zeros(layer.experts.out_features, dtype=x.dtype))
+    return torch.stack(out).view(*x.shape[:2], -1), r
+
+
+@pytest.mark.parametrize("K,c,group", [(1, 1.0, None), (2, 1.05, None), (2, 0.5, 4), (3, 2.0, 12)])
+def test_token_moe_equals_per_token_loop(K, c, group):
+    torch.manual_seed(1)
+    layer = TokenMoE(MlpExperts(4, 6, 7), num_selected=K, capacity_factor=c, group_size=group,
+                     noise_std=0.0, router_std=1.0).to(D)
+    x = torch.randn(3, 8, 6, dtype=D)
+    fast = layer(x)
+    g_fast = grads(layer, fast.output)
+    slow, r = token_reference(layer, x)
+    g_slow = grads(layer, slow)
+    torch.testing.assert_close(fast.output, slow)
+    for k in g_slow:
+        torch.testing.assert_close(g_fast[k], g_slow[k])
+    if c < 1:
+        assert r.dropped.any()
+
+
+def test_token_moe_aux_loss_weights_and_noise_only_in_training():
+    layer = TokenMoE(MlpExperts(4, 6, 7), num_selected=2, importance_weight=0.5, load_weight=0.25)
+    x = torch.randn(2, 8, 6)
+    layer.train()
+    out = layer(x)
+    torch.testing.assert_close(out.aux_loss, 0.5 * out.routing.importance_loss + 0.25 * out.routing.load_loss)
+    assert out.routing.load_loss > 0 and out.routing.capacity == 5  # train: ceil(8*2*1.05/4)
+    layer.eval()
+    assert layer(x).routing.load_loss == 0
+    assert layer(x).routing.capacity == 6  # eval capacity factor 1.5: ceil(8*2*1.5/4)
+
+
+def test_moe_mlp_takes_timm_mlp_signature_and_sets_l_from_n():
+    make = functools.partial(MoEMlp, num_experts=4, router="patch", num_selected=2)
+    mlp = make(in_features=8, hidden_features=16, out_features=None, act_layer=nn.GELU, bias=True, drop=0.0)
+    y = mlp(torch.randn(2, 10, 8))
+    assert y.shape == (2, 10, 8) and mlp.moe.l == 5  # ceil(10 * 2 / 4)
+    tok = MoEMlp(8, 16, num_experts=4, router="token")
+    assert tok(torch.randn(2, 10, 8)).shape == (2, 10, 8) and tok.aux_loss is not None
+
+
+def test_layers_reject_bad_inputs():
+    layer = PatchMoE(MlpExperts(4, 12, 6), l=3)
+    with pytest.raises(PmoeError, match="d=12"):
+        layer(torch.randn(2, 5, 11))
+    with pytest.raises(PmoeError, match="l=.*3"):
+        layer(torch.randn(2, 2, 12))  # l=3 > n=2
+    with pytest.raises(PmoeError, match="combine"):
+        PatchMoE(MlpExperts(4, 12, 6), l=3, combine="mean")
+    with pytest.raises(PmoeError, match="router"):
+        MoEMlp(8, router="dense")
+    with pytest.raises(PmoeError, match="group_size"):
+        TokenMoE(MlpExperts(4, 6, 7), group_size=5)(torch.randn(2, 4, 6))
+    with pytest.raises(PmoeError, match="output_weights"):
+        relu_neurons(4, 12, 3, torch.randn(3, 4))
