@@ -30,7 +30,9 @@ def evaluate(model: nn.Module, ds: PatchDataset) -> dict[str, float]:
 def discriminative_routing(model: nn.Module, ds: PatchDataset, batch_size: int = 4096) -> dict:
     """How often each expert's router picks the class-discriminative patch, against chance l/n.
 
-    Returns {'chance', 'any_expert', 'per_expert': [k], 'per_class': {'+1': [k], '-1': [k]}}; fractions of samples.
+    Returns {'chance', 'any_expert', 'per_expert': [k], 'per_class': {'+1': [k], '-1': [k]}, 'best_expert'};
+    fractions of samples. `best_expert` averages over the two classes the hit rate of the expert that takes that
+    class's discriminative patch most often: near 1 when routers send each class's pattern to a fixed expert.
     """
     moe = model.moe
     hits = []
@@ -39,9 +41,11 @@ def discriminative_routing(model: nn.Module, ds: PatchDataset, batch_size: int =
         hits.append((idx == ds.disc_pos[i:i + batch_size].view(-1, 1, 1)).any(dim=-1))  # (B, k)
     hit = torch.cat(hits).float()  # (N, k)
     pos = ds.y > 0
+    per_class = {"+1": hit[pos].mean(dim=0), "-1": hit[~pos].mean(dim=0)}
     return {
         "chance": moe.l / ds.n,
         "any_expert": hit.amax(dim=1).mean().item(),
         "per_expert": hit.mean(dim=0).tolist(),
-        "per_class": {"+1": hit[pos].mean(dim=0).tolist(), "-1": hit[~pos].mean(dim=0).tolist()},
+        "per_class": {c: h.tolist() for c, h in per_class.items()},
+        "best_expert": sum(h.max().item() for h in per_class.values()) / 2,
     }

@@ -8,7 +8,7 @@ import sys
 from pmoe.errors import PmoeError
 
 # Sub-command modules, in the order `pmoe --help` lists them.
-COMMANDS = ["train", "eval", "route", "experiment", "hf_prune"]
+COMMANDS = ["train", "eval", "route", "experiment", "demo", "hf_prune"]
 
 
 def build_parser() -> argparse.ArgumentParser:

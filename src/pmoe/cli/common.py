@@ -33,7 +33,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n", type=positive_int, help="synthetic: patches per sample (default 16)")
     g.add_argument("--d", type=positive_int, help="synthetic: patch dimension (default 64)")
     g.add_argument("--noise", type=float, help="synthetic: noise std per coordinate (default 0.1)")
-    g.add_argument("--similarity", type=float, help="synthetic: cosine of irrelevant to class patterns (default 0)")
+    g.add_argument("--similarity", type=float, help="synthetic: cosine of irrelevant to class patterns (default 0.5)")
     g.add_argument("--num-irrelevant", type=positive_int, help="synthetic: label-irrelevant patterns (default 8)")
 
 

@@ -16,7 +16,7 @@ class SyntheticConfig:
     n: int = 16  # patches per sample
     d: int = 64  # patch dimension, >= num_irrelevant + 2
     num_irrelevant: int = 8  # label-irrelevant patterns q_i
-    similarity: float = 0.0  # cosine of each q_i to o_1 (even i) or o_2 (odd i); 0 = orthogonal, in [0, 1)
+    similarity: float = 0.5  # cosine of each q_i to o_1 (even i) or o_2 (odd i); 0 = orthogonal, in [0, 1)
     noise: float = 0.1  # std of the Gaussian noise on every patch coordinate
     pattern_scale: float = 1.0  # norm of every pattern
 

@@ -91,13 +91,13 @@ def _jobs(cfg: SampleComplexityConfig) -> list[Job]:
 
 
 def aggregate(results: list[dict], keys: tuple[str, ...]) -> dict[tuple, dict]:
-    """Group results by `keys` -> {'acc': (mean, std), 'routing': mean any-expert hit, 'runs': count}."""
+    """Group results by `keys` -> {'acc': (mean, std), 'routing': mean best-expert hit rate, 'runs': count}."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
     out = {}
     for key, rs in sorted(groups.items()):
-        hits = [r["routing"]["any_expert"] for r in rs if "routing" in r]
+        hits = [r["routing"]["best_expert"] for r in rs if "routing" in r]
         out[key] = {"acc": mean_std([r["test_accuracy"] for r in rs]), "runs": len(rs),
                     "routing": sum(hits) / len(hits) if hits else None}
     return out
@@ -118,6 +118,13 @@ def _accuracy_report(cfg: SampleComplexityConfig, results: list[dict], out: Path
             match = next((N for N in cfg.samples if agg[(m, N)]["acc"][0] >= top), None)
             text += f"\n{m} reaches the CNN's accuracy at N={max(cfg.samples)} ({top:.3f}) with " + \
                     (f"N={match} samples." if match else "none of the sample sizes tried.")
+    moe = [m for m in cfg.models if agg[(m, cfg.samples[0])]["routing"] is not None]
+    if moe:
+        chance = {m: next(r["routing"]["chance"] for r in results if r["spec"] == m) for m in moe}
+        text += ("\n\nHow often the best expert of each class takes its discriminative patch (test set; chance l/n "
+                 "in the header):\n\n" + markdown_table(["N"] + [f"{m} (chance {chance[m]:.3f})" for m in moe],
+                                                        [[N] + [f"{agg[(m, N)]['routing']:.3f}" for m in moe]
+                                                         for N in cfg.samples]))
     return text
 
 

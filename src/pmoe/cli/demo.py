@@ -1,0 +1,21 @@
+"""`pmoe demo`: the end-to-end demo on the embedded default data (Fashion-MNIST from Debian, synthetic data)."""
+from __future__ import annotations
+
+import argparse
+
+from pmoe.cli.common import emit, positive_int
+from pmoe.experiments.demo import run_demo
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the end-to-end demo into one report folder", description=__doc__)
+    p.add_argument("--out", default="reports/demo", help="report folder (default: reports/demo)")
+    p.add_argument("--workers", type=positive_int, help="parallel runs (default: CPU cores)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = run_demo(args.out, args.workers, progress=not args.json)
+    emit(summary, args.json, [f"demo finished in {summary['seconds']} s; open {args.out}/README.md"])
+    return 0
