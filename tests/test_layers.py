@@ -7,7 +7,7 @@ from torch import nn
 from pmoe.errors import PmoeError
 from pmoe.layers import ConvExperts, MlpExperts, PatchMoE, TokenMoE, relu_neurons
 from pmoe.layers.ffn import MoEMlp
-from pmoe.layers.reference import loop_forward, masked_forward
+from pmoe.layers.reference import expert_loop_forward, loop_forward, masked_forward
 
 D = torch.float64
 
@@ -43,6 +43,8 @@ def test_patch_moe_equals_per_sample_per_expert_loop(bank, gate, combine, l):
     for k in g_fast:
         torch.testing.assert_close(g_fast[k], g_slow[k])
     torch.testing.assert_close(fast, masked_forward(layer, x))
+    if combine == "sum":
+        torch.testing.assert_close(fast, expert_loop_forward(layer, x))
 
 
 def test_experts_see_only_their_l_patches_per_sample():

@@ -29,8 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--keep", type=int, help="experts kept per MoE layer (1..k-1)")
     size.add_argument("--ratio", type=float, help="fraction of experts pruned per MoE layer, in (0, 1)")
-    p.add_argument("--method", choices=METHODS, default="delta",
-                   help="delta: signed router-norm change (default); router-norm: fine-tuned norm; random")
+    p.add_argument("--method", choices=METHODS, default="router-norm-change",
+                   help="router-norm-change: signed change of the router norm (paper, default); "
+                        "router-norm: fine-tuned norm alone; random")
     p.add_argument("--layers", type=parse_layers, help="MoE layer numbers to prune, e.g. 0-31 (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of --method random (default 0)")
     p.add_argument("--out", required=True, help="output folder (must not exist)")

@@ -17,7 +17,7 @@ from pmoe.hf.criteria import delta_scores, random_scores, router_norm_scores, se
 from pmoe.hf.plan import Slice, expert_count, moe_blocks, plan_tensors
 from pmoe.hf.report import LayerRanking
 
-METHODS = ("delta", "router-norm", "random")
+METHODS = ("router-norm-change", "router-norm", "random")
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class PruneSpec:
 
     keep: int | None = None  # experts kept in every MoE layer, 1..k-1
     ratio: float | None = None  # or: fraction pruned per layer, keep = k - round(ratio * k)
-    method: str = "delta"  # "delta": signed router-norm change (paper); "router-norm": fine-tuned norm; "random"
+    method: str = "router-norm-change"  # signed router-norm change (paper); "router-norm": fine-tuned norm; "random"
     layers: tuple[int, ...] | None = None  # MoE layer numbers to prune (natural key order); None: all
     seed: int = 0  # of method "random"
 
@@ -101,7 +101,7 @@ def plan_pruning(base: TensorSource, finetuned: TensorSource, spec: PruneSpec) -
     blocks, k = _blocks_and_count(family, base, finetuned)
     keep = spec.kept_count(k)
     _check_layers(spec.layers, blocks, family)
-    score = {"delta": delta_scores, "router-norm": router_norm_scores,
+    score = {"router-norm-change": delta_scores, "router-norm": router_norm_scores,
              "random": partial(random_scores, generator=torch.Generator().manual_seed(spec.seed))}[spec.method]
     layers = []
     for block in blocks:

@@ -44,3 +44,16 @@ def masked_forward(layer: PatchMoE, x: Tensor) -> Tensor:
     if layer.combine == "sum":
         return y.sum(dim=0).view(B, n, -1)
     return y.permute(1, 0, 2).reshape(B, n, -1)
+
+
+def expert_loop_forward(layer: PatchMoE, x: Tensor) -> Tensor:
+    """Common PyTorch MoE code: one Python iteration per expert over its gathered patches (sum combine)."""
+    r = layer.route(x)
+    B, n, d = x.shape
+    flat_x = x.reshape(B * n, d)
+    out = None
+    for s in range(layer.num_experts):
+        rows = (r.index[:, s] + torch.arange(B, device=x.device).view(B, 1) * n).reshape(-1)  # (B*l,)
+        y = layer.experts.forward_expert(s, flat_x[rows]) * r.gates[:, s].reshape(-1, 1)
+        out = (y.new_zeros(B * n, y.shape[-1]) if out is None else out).index_add(0, rows, y)
+    return out.view(B, n, -1)
