@@ -40,6 +40,7 @@ class Size:
 
 SIZES = {
     "theory": Size(B=20, n=16, d=784, h=5, k=8, l=6),  # the paper's MNIST joint pMoE
+    "small": Size(B=32, n=64, d=192, h=768, k=8, l=16),  # ViT-Ti width, n/l = 4
     "vit-s": Size(B=128, n=196, d=384, h=1536, k=8, l=49),
     "vit-b": Size(B=256, n=196, d=768, h=3072, k=8, l=49),  # each patch gets two experts on average
 }

@@ -23,7 +23,7 @@ def banks():
 
 def grads(layer, out):
     layer.zero_grad()
-    (out * torch.linspace(-1, 1, out.numel(), dtype=D).view_as(out)).sum().backward()
+    (out * torch.linspace(-1, 1, out.numel(), dtype=D, device=out.device).view_as(out)).sum().backward()
     return {k: p.grad.clone() for k, p in layer.named_parameters() if p.grad is not None}
 
 
@@ -31,9 +31,9 @@ def grads(layer, out):
 @pytest.mark.parametrize("gate", ["softmax_selected", "softmax_all", "hard"])
 @pytest.mark.parametrize("combine", ["sum", "concat"])
 @pytest.mark.parametrize("l", [1, 3, 9])
-def test_patch_moe_equals_per_sample_per_expert_loop(bank, gate, combine, l):
-    layer = PatchMoE(banks()[bank], l, gate=gate, combine=combine, router_std=0.5).to(D)
-    x = torch.randn(5, 9, 12, dtype=D, requires_grad=True)
+def test_patch_moe_equals_per_sample_per_expert_loop(bank, gate, combine, l, device):
+    layer = PatchMoE(banks()[bank], l, gate=gate, combine=combine, router_std=0.5).to(device, D)
+    x = torch.randn(5, 9, 12, dtype=D, device=device, requires_grad=True)
     fast = layer(x).output
     g_fast = grads(layer, fast)
     slow = loop_forward(layer, x)
@@ -62,12 +62,12 @@ def test_patch_moe_with_tied_router_scores_matches_loop():
     torch.testing.assert_close(layer(x).output, loop_forward(layer, x))
 
 
-def test_patch_moe_bf16_is_close_to_float32():
+def test_patch_moe_bf16_is_close_to_float32(device):
     torch.manual_seed(0)
-    layer = PatchMoE(MlpExperts(4, 16, 32), l=4)
-    x = torch.randn(3, 8, 16)
+    layer = PatchMoE(MlpExperts(4, 16, 32), l=4).to(device)
+    x = torch.randn(3, 8, 16, device=device)
     ref = layer(x).output
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         low = layer(x).output
     torch.testing.assert_close(low.float(), ref, atol=0.05, rtol=0.05)
 
@@ -84,16 +84,16 @@ def token_reference(layer, x):
         for j in range(K):
             if not r.dropped[g, t, j]:
                 acc = acc + r.gates[g, t, j] * layer.experts.forward_expert(r.expert[g, t, j].item(), flat[i:i + 1])[0]
-        out.append(acc if torch.is_tensor(acc) else torch.zeros(layer.experts.out_features, dtype=x.dtype))
+        out.append(acc if torch.is_tensor(acc) else x.new_zeros(layer.experts.out_features))
     return torch.stack(out).view(*x.shape[:2], -1), r
 
 
 @pytest.mark.parametrize("K,c,group", [(1, 1.0, None), (2, 1.05, None), (2, 0.5, 4), (3, 2.0, 12)])
-def test_token_moe_equals_per_token_loop(K, c, group):
+def test_token_moe_equals_per_token_loop(K, c, group, device):
     torch.manual_seed(1)
     layer = TokenMoE(MlpExperts(4, 6, 7), num_selected=K, capacity_factor=c, group_size=group,
-                     noise_std=0.0, router_std=1.0).to(D)
-    x = torch.randn(3, 8, 6, dtype=D)
+                     noise_std=0.0, router_std=1.0).to(device, D)
+    x = torch.randn(3, 8, 6, dtype=D, device=device)
     fast = layer(x)
     g_fast = grads(layer, fast.output)
     slow, r = token_reference(layer, x)
