@@ -36,7 +36,7 @@ def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -
     return (images.float() / 255 - m) / s
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class ImageDataset(Dataset):
     """Labelled images: uint8 (N, C, H, W) in memory, or files decoded on access, with the same interface.
 
@@ -74,6 +74,12 @@ class ImageDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __repr__(self) -> str:
+        where = "in memory" if self.in_memory else "files"
+        return (f"ImageDataset({self.meta.get('name', '?')} {self.meta.get('split', '')}: {len(self)} images "
+                f"{'×'.join(map(str, self.image_shape))} {where}, {self.num_classes} classes"
+                f"{', groups' if self.groups is not None else ''})")
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         return normalize(self.images[i], self.mean, self.std), int(self.labels[i])
