@@ -67,7 +67,7 @@ def test_bad_configs_are_refused_with_the_value():
     with pytest.raises(PmoeError, match="signed output weights need 2 experts"):
         theory_config("pmoe-separate", 16, 784, experts=3)
     with pytest.raises(PmoeError, match="unknown architecture"):
-        build_model("vit", {})
+        build_model("mlp-mixer", {})
     with pytest.raises(PmoeError, match="unknown fields \\['depth'\\]"):
         build_model("theory", {"depth": 3})
     with pytest.raises(PmoeError, match="d=784"):

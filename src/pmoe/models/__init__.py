@@ -9,11 +9,17 @@ from typing import Callable
 from torch import nn
 
 from pmoe.errors import check
+from pmoe.models.e3moe import E3Config, E3ViT
 from pmoe.models.theory import (THEORY_MODELS, MixtureOfCNNs, TheoryConfig, TwoLayerCNN, build_theory_model,
                                 theory_config)
+from pmoe.models.vit import ViT, ViTConfig
+from pmoe.models.wrn import WideResNet, WRNConfig
 
 ARCHS: dict[str, tuple[type, Callable[..., nn.Module]]] = {
     "theory": (TheoryConfig, build_theory_model),
+    "wrn": (WRNConfig, WideResNet),
+    "vit": (ViTConfig, ViT),
+    "e3": (E3Config, E3ViT),
 }
 
 

@@ -99,6 +99,10 @@ class TwoLayerCNN(nn.Module):
               f"input must be (B, n, d={self.config.d}), got shape {tuple(x.shape)}")
         return torch.relu(x @ self.w).mean(dim=1) @ self.a  # (B, n, m) -> (B, m) -> (B,)
 
+    def moe_layers(self) -> list[PatchMoE]:
+        """No routed layer (the MoE protocol of `pmoe.models.vit`)."""
+        return []
+
 
 class MixtureOfCNNs(nn.Module):
     """f_M(x): k experts of m ReLU neurons, each on the l patches of x its router picks."""
@@ -118,6 +122,10 @@ class MixtureOfCNNs(nn.Module):
     @property
     def router(self) -> nn.Linear:
         return self.moe.router
+
+    def moe_layers(self) -> list[PatchMoE]:
+        """The routed layers (the MoE protocol of `pmoe.models.vit`): `[self.moe]`."""
+        return [self.moe]
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, n, d) -> (B,) logits."""
