@@ -25,6 +25,13 @@ def _check_input(x: Tensor, d: int) -> None:
     check(x.dim() == 3 and x.shape[-1] == d, f"MoE input must be (B, n, d={d}), got shape {tuple(x.shape)}")
 
 
+def _dispatch_dtype(x: Tensor) -> Tensor:
+    """Under autocast, gather in the autocast dtype: the experts would cast the gathered copy anyway."""
+    if torch.is_autocast_enabled(x.device.type):
+        return x.to(torch.get_autocast_dtype(x.device.type))
+    return x
+
+
 class PatchMoE(nn.Module):
     """pMoE layer: expert s processes only the l patches of each sample it chose; the rest of its work is skipped.
 
@@ -58,8 +65,9 @@ class PatchMoE(nn.Module):
         B, n, d = x.shape
         k, l = self.num_experts, r.index.shape[-1]
         flat = r.index.transpose(0, 1) + torch.arange(B, device=x.device).view(1, B, 1) * n  # (k, B, l) rows of x
-        xe = x.reshape(B * n, d).index_select(0, flat.reshape(-1)).view(k, B * l, d)  # (k, B*l, d)
-        ye = self.experts(xe) * r.gates.transpose(0, 1).reshape(k, B * l, 1).to(xe.dtype)  # (k, B*l, d_out)
+        xe = _dispatch_dtype(x).reshape(B * n, d).index_select(0, flat.reshape(-1)).view(k, B * l, d)  # (k, B*l, d)
+        ye = self.experts(xe)  # (k, B*l, d_out)
+        ye = ye * r.gates.transpose(0, 1).reshape(k, B * l, 1).to(ye.dtype)
         d_out = ye.shape[-1]
         if self.combine == "sum":
             out = ye.new_zeros(B * n, d_out).index_add_(0, flat.reshape(-1), ye.reshape(k * B * l, d_out))
@@ -110,16 +118,16 @@ class TokenMoE(nn.Module):
         G, T, K = r.expert.shape
         k, C = self.num_experts, r.capacity
         g = torch.arange(G, device=x.device).view(G, 1, 1)
-        # Buffer row of every choice, expert-major: (e, g, c) -> e*G*C + g*C + c; dropped -> k*G*C (a zero row).
+        # Buffer row of every choice, expert-major: (e, g, c) -> e*G*C + g*C + c; dropped -> k*G*C (a spare entry).
         row = torch.where(r.dropped, k * G * C, r.expert * (G * C) + g * C + r.slot).reshape(-1)  # (G*T*K,)
         token = (torch.arange(G * T, device=x.device).view(G, T, 1).expand(G, T, K)).reshape(-1)
-        src = torch.full((k * G * C + 1,), G * T, dtype=torch.long, device=x.device)  # empty slot -> zero row
+        # Token of every buffer slot. Empty slots take token 0: their outputs are never read (no choice points there).
+        src = torch.zeros(k * G * C + 1, dtype=torch.long, device=x.device)
         src.scatter_(0, row, token)  # kept slots are unique; dropped ones all land on the spare last entry
-        x_pad = torch.cat([x.reshape(G * T, d), x.new_zeros(1, d)])
-        xe = x_pad.index_select(0, src[:-1]).view(k, G * C, d)  # (k, G*C, d)
+        xe = _dispatch_dtype(x).reshape(G * T, d).index_select(0, src[:-1]).view(k, G * C, d)  # (k, G*C, d)
         ye = self.experts(xe).reshape(k * G * C, -1)  # (k*G*C, d_out)
-        ye = torch.cat([ye, ye.new_zeros(1, ye.shape[-1])])
-        picked = ye.index_select(0, row).view(G * T, K, -1)  # (G*T, K, d_out)
+        # Dropped choices read any row (0): their gate is 0, so they add nothing.
+        picked = ye.index_select(0, row.clamp(max=k * G * C - 1)).view(G * T, K, -1)  # (G*T, K, d_out)
         out = (picked * r.gates.reshape(G * T, K, 1).to(picked.dtype)).sum(dim=1).view(B, n, -1)
         aux = self.importance_weight * r.importance_loss + self.load_weight * r.load_loss
         return MoEOutput(out, r, aux)
