@@ -83,7 +83,7 @@ def variants(s: Size, device: torch.device, dtype: torch.dtype, compile_: bool) 
     xe_token = torch.randn(s.k, G * C, s.d, device=device, requires_grad=True)
     xe_patch_c, xe_token_c = (t.detach().to(dtype).requires_grad_() for t in (xe_patch, xe_token))
     maybe = (lambda f: torch.compile(f, fullgraph=True)) if compile_ else (lambda f: f)
-    w1, w2 = (w.detach().to(dtype).requires_grad_() for w in (experts.w1, experts.w2))
+    w1, w2 = (w.detach().transpose(1, 2).contiguous().to(dtype).requires_grad_() for w in (experts.w1, experts.w2))
 
     def bare(xe):  # the two expert matmuls alone, already in the compute dtype
         return torch.bmm(torch.bmm(xe.to(dtype), w1), w2)

@@ -25,8 +25,8 @@ def test_mixture_equals_its_formula(model_name, pool):
     model = MixtureOfCNNs(cfg).double()
     x = torch.randn(4, 7, 5, dtype=torch.float64)
     w_router = model.router.weight  # (k, d)
-    w = model.moe.experts.w1  # (k, d, m)
-    a = model.moe.experts.w2[..., 0] * (3 if pool == "l" else 7)  # (k, m) unscaled output weights
+    w = model.moe.experts.w1  # (k, m, d)
+    a = model.moe.experts.w2[:, 0] * (3 if pool == "l" else 7)  # (k, m) unscaled output weights
     expected = torch.zeros(4, dtype=torch.float64)
     for b in range(4):
         for s in range(cfg.experts):
@@ -35,7 +35,7 @@ def test_mixture_equals_its_formula(model_name, pool):
             G = torch.softmax(g[J], 0) if cfg.gate == "softmax_selected" else torch.ones(3, dtype=torch.float64)
             for r in range(cfg.neurons):
                 for gate, j in zip(G, J):
-                    expected[b] += a[s, r] / (3 if pool == "l" else 7) * gate * torch.relu(x[b, j] @ w[s, :, r])
+                    expected[b] += a[s, r] / (3 if pool == "l" else 7) * gate * torch.relu(x[b, j] @ w[s, r])
     torch.testing.assert_close(model(x), expected)
 
 
@@ -44,10 +44,10 @@ def test_paper_initialisations_and_fixed_output_weights():
     assert joint.router.weight.std().item() == pytest.approx(1e-4, rel=0.1)
     assert joint.moe.experts.w1.std().item() == pytest.approx(0.01, rel=0.05)
     assert not joint.moe.experts.w2.requires_grad and joint.moe.experts.w1.requires_grad
-    assert (joint.moe.experts.w2.shape, joint.moe.l, joint.moe.gate) == ((8, 5, 1), 6, "softmax_selected")
+    assert (joint.moe.experts.w2.shape, joint.moe.l, joint.moe.gate) == ((8, 1, 5), 6, "softmax_selected")
     sep = MixtureOfCNNs(theory_config("pmoe-separate", n=16, d=784))
     assert sep.moe.gate == "hard" and sep.moe.l == 2
-    torch.testing.assert_close(sep.moe.experts.w2[..., 0] * 16, torch.tensor([[1.0] * 20, [-1.0] * 20]))
+    torch.testing.assert_close(sep.moe.experts.w2[:, 0] * 16, torch.tensor([[1.0] * 20, [-1.0] * 20]))
     cnn = TwoLayerCNN(theory_config("cnn", n=16, d=784))
     assert cnn.w.shape == (784, 4) and cnn.w.std().item() == pytest.approx(0.1, rel=0.05)
 

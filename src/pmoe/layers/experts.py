@@ -13,7 +13,7 @@ from pmoe.errors import check
 
 
 class MlpExperts(nn.Module):
-    """k two-layer MLPs: out = act(x @ W1 + b1) @ W2 + b2.
+    """k two-layer MLPs: out = act(x @ W1^T + b1) @ W2^T + b2, weights stored (k, out, in) as nn.Linear's.
 
     With `act_layer=nn.ReLU, bias=False` and fixed output weights this is the theory's expert: m ReLU neurons
     w_{r,s} on a flattened patch with output weights a_{r,s} (see `relu_neurons`).
@@ -27,8 +27,9 @@ class MlpExperts(nn.Module):
               f"experts, in_features and hidden_features must be >= 1, got {num_experts}, {in_features}, {hidden_features}")
         out_features = out_features or in_features
         self.num_experts, self.in_features, self.out_features = num_experts, in_features, out_features
-        self.w1 = nn.Parameter(torch.randn(num_experts, in_features, hidden_features) * init_std)  # (k, d, h)
-        self.w2 = nn.Parameter(torch.randn(num_experts, hidden_features, out_features) * init_std,  # (k, h, d_out)
+        # (k, out, in): the transposed operand makes both the forward and the weight-gradient GEMMs fast on CPU
+        self.w1 = nn.Parameter(torch.randn(num_experts, hidden_features, in_features) * init_std)  # (k, h, d)
+        self.w2 = nn.Parameter(torch.randn(num_experts, out_features, hidden_features) * init_std,  # (k, d_out, h)
                                requires_grad=train_output)
         self.b1 = nn.Parameter(torch.zeros(num_experts, 1, hidden_features)) if bias else None
         self.b2 = nn.Parameter(torch.zeros(num_experts, 1, out_features)) if bias else None
@@ -37,21 +38,22 @@ class MlpExperts(nn.Module):
 
     @property
     def hidden_features(self) -> int:
-        return self.w1.shape[-1]
+        return self.w1.shape[1]
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (k, M, d_in) -> (k, M, d_out)."""
-        h = torch.bmm(x, self.w1) if self.b1 is None else torch.baddbmm(self.b1, x, self.w1)  # (k, M, h)
+        w1, w2 = self.w1.transpose(1, 2), self.w2.transpose(1, 2)  # (k, d, h), (k, h, d_out) views
+        h = torch.bmm(x, w1) if self.b1 is None else torch.baddbmm(self.b1, x, w1)  # (k, M, h)
         h = self.drop(self.act(h))
-        out = torch.bmm(h, self.w2) if self.b2 is None else torch.baddbmm(self.b2, h, self.w2)  # (k, M, d_out)
+        out = torch.bmm(h, w2) if self.b2 is None else torch.baddbmm(self.b2, h, w2)  # (k, M, d_out)
         return self.drop(out)
 
     def forward_expert(self, s: int, x: Tensor) -> Tensor:
         """Expert s alone on x: (M, d_in) -> (M, d_out)."""
         b1 = None if self.b1 is None else self.b1[s, 0]
         b2 = None if self.b2 is None else self.b2[s, 0]
-        h = self.drop(self.act(F.linear(x, self.w1[s].t(), b1)))
-        return self.drop(F.linear(h, self.w2[s].t(), b2))
+        h = self.drop(self.act(F.linear(x, self.w1[s], b1)))
+        return self.drop(F.linear(h, self.w2[s], b2))
 
     def flops_per_token(self) -> int:
         """Multiply-adds x2 of one expert on one token."""
@@ -68,7 +70,7 @@ def relu_neurons(num_experts: int, in_features: int, neurons: int, output_weight
           f"output_weights must be (k={num_experts}, m={neurons}), got {tuple(output_weights.shape)}")
     bank = MlpExperts(num_experts, in_features, neurons, 1, act_layer=nn.ReLU, bias=False,
                       init_std=init_std, train_output=False)
-    bank.w2.data.copy_(output_weights.unsqueeze(-1))  # (k, m, 1)
+    bank.w2.data.copy_(output_weights.unsqueeze(1))  # (k, 1, m)
     return bank
 
 

@@ -115,7 +115,7 @@ class MixtureOfCNNs(nn.Module):
         scale = cfg.l if cfg.pool == "l" else cfg.n
         a = _output_weights(cfg, g) / scale  # (k, m)
         experts = relu_neurons(cfg.experts, cfg.d, cfg.neurons, a)
-        experts.w1.data = torch.randn(cfg.experts, cfg.d, cfg.neurons, generator=g) * cfg.expert_std
+        experts.w1.data = torch.randn(cfg.experts, cfg.neurons, cfg.d, generator=g) * cfg.expert_std  # (k, m, d)
         self.moe = PatchMoE(experts, cfg.l, gate=cfg.gate)
         self.moe.router.weight.data = torch.randn(cfg.experts, cfg.d, generator=g) * cfg.router_std
 
