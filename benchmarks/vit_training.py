@@ -1,0 +1,95 @@
+"""Training throughput (images/s) of ViT-MoE-S against the dense ViT-S, one AdamW step at a time.
+
+Per-token FLOPs: with K=1 (token routing) or K=1 on average (patch routing, l = n/k) an MoE block costs what a
+dense block costs (plus the router), so `vit-moe-s K=1` is the FLOP-matched comparison to `vit-s`; K=2 is V-MoE's
+default and costs 2x in its MoE FFNs. Random images and labels (no data loading in the timing), bf16 autocast on
+CUDA, warm-up excluded, median of timed steps.
+
+    python benchmarks/vit_training.py --batch 256 --compile --out benchmarks/results/vit_training_h200
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pmoe.models.presets import build_preset
+from pmoe.reports import markdown_table
+
+VARIANTS = {
+    "vit-s (dense)": ("vit-s", {}),
+    "vit-moe-s token K=1": ("vit-moe-s", {"num_selected": 1}),
+    "vit-moe-s patch K=1": ("vit-moe-s", {"num_selected": 1, "router": "patch"}),
+    "vit-moe-s token K=2": ("vit-moe-s", {"num_selected": 2}),
+    "vit-moe-s patch K=2": ("vit-moe-s", {"num_selected": 2, "router": "patch"}),
+}
+
+
+def images_per_second(name: str, overrides: dict, batch: int, steps: int, device: torch.device,
+                      compile_: bool, image_size: int) -> float:
+    torch.manual_seed(0)
+    model = build_preset(name, image_size=image_size, num_classes=1000, **overrides).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    fwd = torch.compile(model) if compile_ else model
+    x = torch.randn(batch, 3, image_size, image_size, device=device)
+    y = torch.randint(1000, (batch,), device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = F.cross_entropy(fwd(x).float(), y) + model.aux_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(5):
+        step()
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return batch / statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="VARIANT")
+    p.add_argument("--out", default="benchmarks/results/vit_training")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    rows = []
+    for label in ["vit-s (dense)"] + [v for v in args.variants if v != "vit-s (dense)"]:
+        name, overrides = VARIANTS[label]
+        ips = images_per_second(name, overrides, args.batch, args.steps, device, args.compile, args.image_size)
+        rows.append({"variant": label, "images_per_second": round(ips, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    dense = rows[0]["images_per_second"]
+    for r in rows:
+        r["vs_dense"] = round(r["images_per_second"] / dense, 3)
+    env = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+           "batch": args.batch, "image_size": args.image_size, "compile": args.compile}
+    table = markdown_table(["variant", "images/s", "vs dense ViT-S"],
+                           [[r["variant"], r["images_per_second"], r["vs_dense"]] for r in rows])
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+    out.with_suffix(".md").write_text(", ".join(f"{k}={v}" for k, v in env.items()) + "\n\n" + table)
+
+
+if __name__ == "__main__":
+    main()
