@@ -15,8 +15,8 @@ from pmoe.cli import main
 from pmoe.errors import PmoeError
 from pmoe.hf import FAMILIES, PruneSpec, prune_checkpoint
 from pmoe.hf.checkpoint import runs
-from pmoe.hf.criteria import delta_scores, random_scores, router_norm_scores, select_kept
 from pmoe.hf.writer import OutTensor, write_safetensors
+from pmoe.prune.criteria import delta_scores, random_scores, router_norm_scores, select_kept
 
 
 def fake_checkpoint(folder: Path, k: int = 6, layers: int = 2, hidden: int = 8, inter: int = 4, seed: int = 0,

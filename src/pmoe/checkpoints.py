@@ -1,10 +1,12 @@
 """Checkpoints: a folder with `model.safetensors` (weights) and `config.json` (everything to rebuild the model).
 
-config.json = {"format": "pmoe", "version": 1, "arch": ..., "model": {...}, ...extra sections (data, train)}.
+config.json = {"format": "pmoe", "version": 1, "arch": ..., "model": {...}, ...extra sections (data, train)}; a pruned
+model's section `pruning` (`pmoe.prune.surgery.pruning_record`) says which experts of each MoE layer are left.
 Files are written atomically; loading checks the format, the architecture and every tensor's shape.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,17 @@ def read_weights(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
         raise PmoeError(f"{path} is not a readable safetensors file ({e}); it is corrupt or truncated") from None
 
 
+def weights_sha256(ckpt_dir: str | Path) -> str:
+    """Hex SHA-256 of a checkpoint's model.safetensors (recorded by fine-tuned checkpoints of their parent)."""
+    path = Path(ckpt_dir) / WEIGHTS
+    check(path.is_file(), f"{path} is missing: the checkpoint has no weights")
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Load `tensors` into `model`, refusing missing, unexpected or mis-shaped entries."""
     expected = model.state_dict()
@@ -73,5 +86,9 @@ def load_checkpoint(ckpt_dir: str | Path) -> tuple[nn.Module, dict]:
 
     cfg = read_config(ckpt_dir)
     model = build_model(cfg["arch"], cfg["model"])
+    if "pruning" in cfg:  # experts removed by `pmoe prune`: rebuild the pruned shape before loading
+        from pmoe.prune.surgery import apply_record
+
+        apply_record(model, cfg["pruning"])
     load_state(model, read_weights(ckpt_dir), str(Path(ckpt_dir) / WEIGHTS))
     return model.eval(), cfg

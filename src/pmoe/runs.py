@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pmoe.checkpoints import load_checkpoint, save_checkpoint
+from pmoe.checkpoints import load_checkpoint, save_checkpoint, weights_sha256
 from pmoe.data import PatchDataset, make_dataset
 from pmoe.errors import check
 from pmoe.io import atomic_path
@@ -57,15 +57,34 @@ def run(model_name: str, data: DataSpec, train_cfg: TrainConfig, model_options: 
     start = time.perf_counter()
     train_ds, test_ds = data.make()
     cfg = theory_config(model_name, train_ds.n, train_ds.d, seed=train_cfg.seed, **(model_options or {}))
-    model = build_theory_model(cfg)
+    return _train(build_theory_model(cfg), data, train_ds, test_ds, train_cfg, out_dir, progress, start)
+
+
+def finetune(pretrained: str | Path, data: DataSpec, train_cfg: TrainConfig, out_dir: str | Path | None = None,
+             progress: bool = True) -> dict:
+    """Continue training the theory checkpoint `pretrained` on `data` (same n and d); save to `out_dir` if given,
+    recording the parent's path and weights' SHA-256 in the section `pretrained`. Returns the summary."""
+    start = time.perf_counter()
+    model, cfg = load_checkpoint(pretrained)
+    check(cfg["arch"] == "theory", f"{pretrained} holds a {cfg['arch']!r} model; theory data needs a theory model")
+    train_ds, test_ds = data.make()
+    n, d = model.config.n, model.config.d
+    check((train_ds.n, train_ds.d) == (n, d), f"{pretrained} holds a model of n={n} patches of d={d}; the data "
+          f"{data.name!r} has n={train_ds.n}, d={train_ds.d}: pick data of that shape")
+    parent = {"path": str(Path(pretrained).resolve()), "sha256": weights_sha256(pretrained)}
+    return _train(model, data, train_ds, test_ds, train_cfg, out_dir, progress, start, pretrained=parent)
+
+
+def _train(model: torch.nn.Module, data: DataSpec, train_ds: PatchDataset, test_ds: PatchDataset,
+           train_cfg: TrainConfig, out_dir: str | Path | None, progress: bool, start: float, **sections: dict) -> dict:
     torch.manual_seed(train_cfg.seed)
     history = train(model, train_ds, test_ds, train_cfg, progress=progress)
-    result = {"model": model_name, "data": data.name, "samples": data.samples, "seed": train_cfg.seed,
+    result = {"model": model.config.model, "data": data.name, "samples": data.samples, "seed": train_cfg.seed,
               "epochs": train_cfg.epochs, **summarize(model, train_ds, test_ds),
               "seconds": round(time.perf_counter() - start, 3)}
     if out_dir is not None:
-        out = save_checkpoint(out_dir, model, "theory", cfg.to_dict(), data=asdict(data), train=train_cfg.to_dict(),
-                              result=result)
+        out = save_checkpoint(out_dir, model, "theory", model.config.to_dict(), data=asdict(data),
+                              train=train_cfg.to_dict(), result=result, **sections)
         with atomic_path(out / "metrics.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(rec) + "\n" for rec in history))
     return result

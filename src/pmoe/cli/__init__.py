@@ -8,7 +8,7 @@ import sys
 from pmoe.errors import PmoeError
 
 # Sub-command modules, in the order `pmoe --help` lists them.
-COMMANDS = ["train", "eval", "route", "experiment", "demo", "hf_prune"]
+COMMANDS = ["train", "finetune", "eval", "route", "experiment", "demo", "hf_prune", "prune", "prune_sweep"]
 
 
 def build_parser() -> argparse.ArgumentParser:

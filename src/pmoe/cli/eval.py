@@ -1,20 +1,36 @@
-"""`pmoe eval DIR`: evaluate a saved checkpoint on the data it was trained and tested on."""
+"""`pmoe eval DIR`: evaluate a saved checkpoint on the data it was made with (rebuilt from its config.json).
+
+Theory checkpoints: train and test accuracy. Vision checkpoints: accuracy and loss on one split (default test), and
+per-group and worst-group accuracy on data sets with groups (the spurious-correlation sets)."""
 from __future__ import annotations
 
 import argparse
 
-from pmoe.cli.common import emit
+from pmoe.checkpoints import read_config
+from pmoe.cli.common import emit, refuse_flags
+from pmoe.data.vision import SPLITS
 from pmoe.runs import evaluate_checkpoint, summarize
+from pmoe.train.image_runs import evaluate_run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint", description=__doc__)
-    p.add_argument("checkpoint", help="checkpoint folder written by `pmoe train`")
+    p.add_argument("checkpoint", help="checkpoint folder written by `pmoe train` or `pmoe finetune`")
+    p.add_argument("--split", choices=SPLITS, help="vision checkpoints: the split to evaluate (default: test)")
+    p.add_argument("--device", help="vision checkpoints: auto (default), cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if read_config(args.checkpoint)["arch"] != "theory":
+        r = evaluate_run(args.checkpoint, args.split or "test", args.device or "auto")
+        s = r["split"]
+        groups = (f"   worst-group accuracy {r['worst_group_accuracy']:.4f}" if "worst_group_accuracy" in r else "")
+        emit(r, args.json, [f"{r['model']} on {r['data']} {s} ({r['samples']} images): accuracy "
+                            f"{r[f'{s}_accuracy']:.4f}   loss {r[f'{s}_loss']:.4f}{groups}   parameters {r['params']}"])
+        return 0
+    refuse_flags(args, ("split", "device"), "to vision checkpoints only")
     model, cfg, train_ds, test_ds = evaluate_checkpoint(args.checkpoint)
     result = {"checkpoint": args.checkpoint, "model": cfg["model"]["model"],
               "epochs": cfg.get("train", {}).get("epochs"), **summarize(model, train_ds, test_ds)}

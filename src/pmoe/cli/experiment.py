@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from pmoe.cli.common import emit, positive_int
-from pmoe.experiments import sample_complexity
+from pmoe.experiments import pruning_theory, sample_complexity, spurious
 from pmoe.experiments.sample_complexity import preset, run_experiment
 from pmoe.models import THEORY_MODELS
 
@@ -28,6 +29,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--workers", type=positive_int, help="parallel runs (default: CPU cores)")
     s.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     s.set_defaults(func=run_sample_complexity)
+    t = exp.add_parser("prune-theory", help="expert pruning by router-norm change on the theory's synthetic data",
+                       description=pruning_theory.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--out", required=True, help="report folder")
+    t.add_argument("--quick", action="store_true", help="4 seeds, no post-pruning fine-tune (under a minute)")
+    t.add_argument("--seeds", type=positive_int, help="seeds (default: 10, quick: 4)")
+    t.add_argument("--workers", type=positive_int, help="parallel seeds (default: CPU cores)")
+    t.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    t.set_defaults(func=run_prune_theory)
+    add_spurious(exp)
+
+
+def add_spurious(exp: argparse._SubParsersAction) -> None:
+    s = exp.add_parser("spurious", help="dense WRN vs WRN-pMoE under a spurious correlation: worst-group accuracy",
+                       description=spurious.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--out", required=True, help="report folder (runs in OUT/runs)")
+    s.add_argument("--quick", action="store_true", help="about 3 minutes on 2 CPU cores instead of the GPU sweep")
+    s.add_argument("--data", choices=spurious.DATASETS, default=spurious.DATASETS[0], help="default: %(default)s")
+    s.add_argument("--data-dir", help="data folder (default: the data set's)")
+    s.add_argument("--models", nargs="+", metavar="PRESET", help="presets to compare, each optionally with "
+                   "overrides, e.g. wrn-tiny wrn-pmoe-tiny:l=2 (default: the tiny pair; CelebA: the paper's pair)")
+    s.add_argument("--samples", type=positive_int, nargs="+", help="the N grid (training images)")
+    s.add_argument("--test-samples", type=positive_int, help="a class-balanced subset of the test split")
+    s.add_argument("--seeds", type=positive_int, help="seeds per point")
+    s.add_argument("--epochs", type=positive_int, help="training epochs per run")
+    s.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")
+    s.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    s.set_defaults(func=run_spurious)
 
 
 def run_sample_complexity(args: argparse.Namespace) -> int:
@@ -38,6 +66,26 @@ def run_sample_complexity(args: argparse.Namespace) -> int:
     if args.data_dir:
         cfg.data_options["data_dir"] = args.data_dir
     summary = run_experiment(cfg, args.out, args.workers, progress=not args.json)
+    emit(summary, args.json, [summary["report"], f"{summary['runs']} runs in {summary['seconds']} s; "
+                                                 f"report in {args.out}"])
+    return 0
+
+
+def run_prune_theory(args: argparse.Namespace) -> int:
+    cfg = replace(pruning_theory.QUICK if args.quick else pruning_theory.FULL)
+    cfg.seeds = args.seeds or cfg.seeds
+    summary = pruning_theory.run_experiment(cfg, args.out, args.workers)
+    emit(summary, args.json, [summary["report"], f"{summary['seeds']} seeds in {summary['seconds']} s; "
+                                                 f"report in {args.out}"])
+    return 0
+
+
+def run_spurious(args: argparse.Namespace) -> int:
+    cfg = spurious.preset(args.data, args.quick)
+    for name in ("data_dir", "models", "samples", "test_samples", "seeds", "epochs", "device"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    summary = spurious.run_experiment(cfg, args.out, progress=not args.json)
     emit(summary, args.json, [summary["report"], f"{summary['runs']} runs in {summary['seconds']} s; "
                                                  f"report in {args.out}"])
     return 0

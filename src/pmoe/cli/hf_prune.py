@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     size.add_argument("--ratio", type=float, help="fraction of experts pruned per MoE layer, in (0, 1)")
     p.add_argument("--method", choices=METHODS, default="router-norm-change",
                    help="router-norm-change: signed change of the router norm (paper, default); "
+                        "router-norm-change-abs: its absolute value; router-delta-norm: norm of the router's change; "
                         "router-norm: fine-tuned norm alone; random")
     p.add_argument("--layers", type=parse_layers, help="MoE layer numbers to prune, e.g. 0-31 (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of --method random (default 0)")

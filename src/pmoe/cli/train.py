@@ -1,20 +1,36 @@
-"""`pmoe train`: train a theory model (cnn | pmoe | pmoe-separate) and save a checkpoint."""
+"""`pmoe train`: train a theory model (cnn | pmoe | pmoe-separate) on theory data, or a vision preset (WRN, ViT,
+E3) on an image data set, and save a checkpoint. Vision runs write metrics.jsonl and a resumable checkpoint every
+epoch; `--resume` continues a stopped run (re-run the same command with --resume)."""
 from __future__ import annotations
 
 import argparse
 
 from pmoe.cli.common import (add_data_args, add_model_args, add_train_args, data_spec, emit, model_options,
-                             train_config)
+                             refuse_flags, train_config)
+from pmoe.cli.vision_args import (THEORY_FLAGS, VISION_FLAGS, add_vision_args, fit_config, image_data_spec,
+                                  parse_options, resumable)
+from pmoe.data import DATASETS
+from pmoe.errors import check
 from pmoe.models import THEORY_MODELS
-from pmoe.runs import run as run_training
+from pmoe.models.presets import PRESETS
+from pmoe.runs import run as run_theory
+from pmoe.train.image_runs import train_preset
+
+MODEL_FLAGS = ("experts", "neurons", "l", "gate", "pool")  # theory models' architecture flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model and save a checkpoint", description=__doc__)
-    p.add_argument("--model", choices=THEORY_MODELS, default="pmoe", help="default: pmoe (joint training)")
+    p.add_argument("--model", choices=THEORY_MODELS + tuple(PRESETS), default="pmoe", metavar="MODEL",
+                   help=f"theory model: {', '.join(THEORY_MODELS)} (default: pmoe, joint training); "
+                        f"vision preset: {', '.join(PRESETS)}")
+    p.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
+                   help="vision presets: a config field, e.g. l=2, router=patch (repeatable); in_channels, "
+                        "num_classes and image_size follow the data unless given")
     add_data_args(p)
     add_model_args(p)
     add_train_args(p)
+    add_vision_args(p)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -22,10 +38,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = run_training(args.model, data_spec(args), train_config(args), model_options(args), args.out,
-                          progress=not (args.quiet or args.json))
-    lines = [f"{args.model} on {args.data}, N={args.samples}, {args.epochs} epochs, {result['seconds']:.1f} s",
-             f"train accuracy {result['train_accuracy']:.4f}   test accuracy {result['test_accuracy']:.4f}",
-             f"trainable parameters {result['params']}   checkpoint: {args.out}"]
-    emit(result, args.json, lines)
+    progress = not (args.quiet or args.json)
+    if args.model in THEORY_MODELS:
+        check(args.data is None or args.data in DATASETS, f"theory model {args.model!r} takes --data "
+              f"{' or '.join(DATASETS)}, got {args.data!r}; image data sets are for the vision presets")
+        refuse_flags(args, VISION_FLAGS + ("model_opt",), "to vision presets only")
+        result = run_theory(args.model, data_spec(args), train_config(args), model_options(args), args.out, progress)
+    else:
+        check(args.data not in DATASETS, f"vision preset {args.model!r} takes an image data set, got --data "
+              f"{args.data!r} (a theory data set; its image form is fashion-patches-image)")
+        refuse_flags(args, THEORY_FLAGS + MODEL_FLAGS, "to theory models only (vision presets: --model-opt KEY=VALUE)")
+        result = resumable(args, lambda: train_preset(args.model, image_data_spec(args), fit_config(args), args.out,
+                                                      parse_options(args.model_opt, "--model-opt"), args.resume,
+                                                      progress))
+    emit(result, args.json, summary_lines(result, args.out))
     return 0
+
+
+def summary_lines(result: dict, out: str) -> list[str]:
+    """The human form of a training result (theory or vision)."""
+    lines = [f"{result['model']} on {result['data']}, N={result['samples']}, {result['epochs']} epochs, "
+             f"{result['seconds']:.1f} s",
+             f"train accuracy {result['train_accuracy']:.4f}   test accuracy {result['test_accuracy']:.4f}"
+             + (f"   worst-group accuracy {result['worst_group_accuracy']:.4f}"
+                if "worst_group_accuracy" in result else ""),
+             f"trainable parameters {result['params']}   checkpoint: {out}"]
+    if "images_per_second" in result:
+        lines.append(f"{result['images_per_second']:.0f} training images/s on {result['device']}")
+    return lines

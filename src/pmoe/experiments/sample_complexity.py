@@ -85,7 +85,7 @@ def _jobs(cfg: SampleComplexityConfig) -> list[Job]:
                 for seed in range(cfg.seeds):
                     data = DataSpec(cfg.data, N, cfg.test_samples, 0, opts)
                     train = TrainConfig(epochs=cfg.epochs, router_epochs=cfg.router_epochs, seed=seed,
-                                        log_routing=False)
+                                        log_routing=False, eval_every=max(cfg.epochs, cfg.router_epochs))
                     jobs.append(Job(model, data, train, model_opts, tags={"spec": spec, **({"n": n} if n else {})}))
     return jobs
 

@@ -6,18 +6,17 @@ Shared by checkpoint pruning (`pmoe.hf.disk`) and in-memory pruning (`pmoe.hf.me
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Mapping, Protocol
 
 import torch
 
 from pmoe.errors import check
 from pmoe.hf.adapters import Family, family_of
-from pmoe.hf.criteria import delta_scores, random_scores, router_norm_scores, select_kept
 from pmoe.hf.plan import Slice, expert_count, moe_blocks, plan_tensors
 from pmoe.hf.report import LayerRanking
+from pmoe.prune.criteria import DATA_FREE, check_ratio, delta_scores, kept_count, router_scorer, select_kept
 
-METHODS = ("router-norm-change", "router-norm", "random")
+METHODS = DATA_FREE
 
 
 @dataclass(frozen=True)
@@ -26,23 +25,18 @@ class PruneSpec:
 
     keep: int | None = None  # experts kept in every MoE layer, 1..k-1
     ratio: float | None = None  # or: fraction pruned per layer, keep = k - round(ratio * k)
-    method: str = "router-norm-change"  # signed router-norm change (paper); "router-norm": fine-tuned norm; "random"
+    method: str = "router-norm-change"  # signed router-norm change (paper), or another of METHODS
     layers: tuple[int, ...] | None = None  # MoE layer numbers to prune (natural key order); None: all
     seed: int = 0  # of method "random"
 
     def __post_init__(self) -> None:
         check((self.keep is None) != (self.ratio is None), "give exactly one of keep and ratio")
         check(self.method in METHODS, f"method {self.method!r} is unknown; expected one of {list(METHODS)}")
-        check(self.ratio is None or 0 < self.ratio < 1,
-              f"ratio {self.ratio} is outside (0, 1); expected the fraction of experts pruned per layer")
+        check_ratio(self.ratio)
 
     def kept_count(self, k: int) -> int:
         """Experts kept per layer out of `k`; PmoeError unless 1..k-1."""
-        keep = self.keep if self.keep is not None else k - round(self.ratio * k)
-        what = f"keep {keep}" if self.ratio is None else f"ratio {self.ratio} (keep {keep})"
-        check(1 <= keep <= k - 1, f"{what} is outside 1..{k - 1}; expected to keep at least one and prune "
-                                  f"at least one of the {k} experts per layer")
-        return keep
+        return kept_count(k, self.keep, self.ratio)
 
 
 class TensorSource(Protocol):
@@ -101,8 +95,7 @@ def plan_pruning(base: TensorSource, finetuned: TensorSource, spec: PruneSpec) -
     blocks, k = _blocks_and_count(family, base, finetuned)
     keep = spec.kept_count(k)
     _check_layers(spec.layers, blocks, family)
-    score = {"router-norm-change": delta_scores, "router-norm": router_norm_scores,
-             "random": partial(random_scores, generator=torch.Generator().manual_seed(spec.seed))}[spec.method]
+    score = router_scorer(spec.method, spec.seed)
     layers = []
     for block in blocks:
         b, f = base.load(family.router_key(block)), finetuned.load(family.router_key(block))

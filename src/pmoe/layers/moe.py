@@ -3,6 +3,10 @@
 `PatchMoE` is pMoE's layer (per-sample expert choice, every expert takes l patches of every sample);
 `TokenMoE` is V-MoE's (every token takes its top-K experts, capacity per expert, batch-prioritized routing).
 Both return `MoEOutput`; expert weights keep a leading expert axis (see `pmoe.layers.experts`).
+
+Expert pruning in `zero` mode (`pmoe.prune.surgery`) leaves the router's k rows and slices the bank to the k' kept
+experts; the buffer `kept` (k',) then holds their ids. Routing runs over all k experts as before, and only the kept
+ones compute: what the others were sent is lost (V-MoE's pruned experts contribute zero). `kept` is None unpruned.
 """
 from __future__ import annotations
 
@@ -53,6 +57,7 @@ class PatchMoE(nn.Module):
         self.num_experts, self.in_features = experts.num_experts, experts.in_features
         self.router = nn.Linear(self.in_features, self.num_experts, bias=False)  # weight[s] = w_s
         nn.init.normal_(self.router.weight, std=router_std)
+        self.register_buffer("kept", None, persistent=False)  # (k',) experts left by zero-mode pruning; None: all
 
     def route(self, x: Tensor) -> PatchRouting:
         """x: (B, n, d) -> each expert's top-l patches per sample."""
@@ -62,20 +67,25 @@ class PatchMoE(nn.Module):
     def forward(self, x: Tensor, routing: PatchRouting | None = None) -> MoEOutput:
         """x: (B, n, d) -> MoEOutput with output (B, n, d_out) [or (B, n, k*d_out) for concat]."""
         r = self.route(x) if routing is None else routing
+        index, gates = r.index, r.gates  # (B, k, l)
+        if self.kept is not None:  # zero-mode pruning: only the kept experts compute
+            index, gates = index[:, self.kept], gates[:, self.kept]  # (B, k', l)
         B, n, d = x.shape
-        k, l = self.num_experts, r.index.shape[-1]
-        flat = r.index.transpose(0, 1) + torch.arange(B, device=x.device).view(1, B, 1) * n  # (k, B, l) rows of x
+        k, l = index.shape[1:]
+        flat = index.transpose(0, 1) + torch.arange(B, device=x.device).view(1, B, 1) * n  # (k, B, l) rows of x
         xe = _dispatch_dtype(x).reshape(B * n, d).index_select(0, flat.reshape(-1)).view(k, B * l, d)  # (k, B*l, d)
         ye = self.experts(xe)  # (k, B*l, d_out)
-        ye = ye * r.gates.transpose(0, 1).reshape(k, B * l, 1).to(ye.dtype)
+        ye = ye * gates.transpose(0, 1).reshape(k, B * l, 1).to(ye.dtype)
         d_out = ye.shape[-1]
         if self.combine == "sum":
             out = ye.new_zeros(B * n, d_out).index_add_(0, flat.reshape(-1), ye.reshape(k * B * l, d_out))
             out = out.view(B, n, d_out)
-        else:  # expert s writes channel block s of its patches
-            rows = (flat * k + torch.arange(k, device=x.device).view(k, 1, 1)).reshape(-1)  # (k*B*l,) of (B*n*k)
-            out = ye.new_zeros(B * n * k, d_out).index_add_(0, rows, ye.reshape(k * B * l, d_out))
-            out = out.view(B, n, k * d_out)
+        else:  # expert s writes channel block s of its patches (a pruned expert's block stays 0)
+            K = self.num_experts
+            block = torch.arange(k, device=x.device) if self.kept is None else self.kept  # (k,)
+            rows = (flat * K + block.view(k, 1, 1)).reshape(-1)  # (k*B*l,) of (B*n*K)
+            out = ye.new_zeros(B * n * K, d_out).index_add_(0, rows, ye.reshape(k * B * l, d_out))
+            out = out.view(B, n, K * d_out)
         return MoEOutput(out, r, x.new_zeros(()))
 
 
@@ -100,6 +110,7 @@ class TokenMoE(nn.Module):
         self.importance_weight, self.load_weight = importance_weight, load_weight
         self.router = nn.Linear(self.in_features, self.num_experts, bias=False)
         nn.init.normal_(self.router.weight, std=router_std)
+        self.register_buffer("kept", None, persistent=False)  # (k',) experts left by zero-mode pruning; None: all
 
     def route(self, x: Tensor) -> TokenRouting:
         """x: (B, n, d) -> routing of G = B*n/group_size groups."""
@@ -116,10 +127,17 @@ class TokenMoE(nn.Module):
         r = self.route(x) if routing is None else routing
         B, n, d = x.shape
         G, T, K = r.expert.shape
-        k, C = self.num_experts, r.capacity
+        expert, dropped, gates = r.expert, r.dropped, r.gates  # (G, T, K)
+        if self.kept is not None:  # zero-mode pruning: choices of removed experts are dropped, the rest renumbered
+            bank_id = torch.full((self.num_experts,), -1, device=x.device).index_copy_(
+                0, self.kept, torch.arange(len(self.kept), device=x.device))  # (k,): -1 for removed experts
+            expert = bank_id[expert]
+            dropped = dropped | (expert < 0)
+            gates = gates.masked_fill(dropped, 0.0)
+        k, C = self.experts.num_experts, r.capacity
         g = torch.arange(G, device=x.device).view(G, 1, 1)
         # Buffer row of every choice, expert-major: (e, g, c) -> e*G*C + g*C + c; dropped -> k*G*C (a spare entry).
-        row = torch.where(r.dropped, k * G * C, r.expert * (G * C) + g * C + r.slot).reshape(-1)  # (G*T*K,)
+        row = torch.where(dropped, k * G * C, expert * (G * C) + g * C + r.slot).reshape(-1)  # (G*T*K,)
         token = (torch.arange(G * T, device=x.device).view(G, T, 1).expand(G, T, K)).reshape(-1)
         # Token of every buffer slot. Empty slots take token 0: their outputs are never read (no choice points there).
         src = torch.zeros(k * G * C + 1, dtype=torch.long, device=x.device)
@@ -128,6 +146,6 @@ class TokenMoE(nn.Module):
         ye = self.experts(xe).reshape(k * G * C, -1)  # (k*G*C, d_out)
         # Dropped choices read any row (0): their gate is 0, so they add nothing.
         picked = ye.index_select(0, row.clamp(max=k * G * C - 1)).view(G * T, K, -1)  # (G*T, K, d_out)
-        out = (picked * r.gates.reshape(G * T, K, 1).to(picked.dtype)).sum(dim=1).view(B, n, -1)
+        out = (picked * gates.reshape(G * T, K, 1).to(picked.dtype)).sum(dim=1).view(B, n, -1)
         aux = self.importance_weight * r.importance_loss + self.load_weight * r.load_loss
         return MoEOutput(out, r, aux)

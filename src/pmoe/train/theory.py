@@ -26,33 +26,40 @@ class TrainConfig:
     lr: float = 0.2  # plain SGD, no momentum, no weight decay
     seed: int = 0  # order of the mini-batches
     router_epochs: int = 100  # first stage of pmoe-separate: epochs of router training
-    log_routing: bool = True  # record discriminative-routing fractions every epoch (MoE models)
+    log_routing: bool = True  # record discriminative-routing fractions with the test metrics (MoE models)
+    eval_every: int = 1  # test metrics every this many epochs and after the last (experiments need only the last)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def _sgd_epochs(params: list[Tensor], ds: PatchDataset, epochs: int, cfg: TrainConfig, g: torch.Generator,
-                loss_fn: Callable[[Tensor, Tensor], Tensor], on_epoch: Callable[[int], None], desc: str,
-                progress: bool) -> None:
+                forward: Callable[[Tensor], Tensor], loss_fn: Callable[[Tensor, Tensor], Tensor],
+                on_epoch: Callable[[int, float, float], None], desc: str, progress: bool) -> None:
+    """SGD over shuffled mini-batches; on_epoch(epoch, mean batch loss, mean batch accuracy) after each epoch."""
     opt = torch.optim.SGD(params, lr=cfg.lr)
     N = len(ds)
     for epoch in tqdm(range(1, epochs + 1), desc=desc, disable=not progress, leave=False):
         perm = torch.randperm(N, generator=g)
+        loss_sum = correct = torch.zeros(())
         for i in range(0, N, cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
-            loss = loss_fn(ds.x[idx], ds.y[idx])
+            f, y = forward(ds.x[idx]), ds.y[idx]
+            loss = loss_fn(f, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        on_epoch(epoch)
+            loss_sum = loss_sum + loss.detach() * len(idx)
+            correct = correct + (f.detach() * y > 0).sum()
+        on_epoch(epoch, loss_sum.item() / N, correct.item() / N)
 
 
 def train(model: nn.Module, train_ds: PatchDataset, test_ds: PatchDataset, cfg: TrainConfig,
           on_epoch: Callable[[dict], None] | None = None, progress: bool = True) -> list[dict]:
     """Train `model` in place; returns one metrics record per epoch (also passed to `on_epoch`)."""
-    check(cfg.epochs >= 0 and cfg.batch_size >= 1 and cfg.lr > 0,
-          f"need epochs >= 0, batch_size >= 1, lr > 0; got {cfg.epochs}, {cfg.batch_size}, {cfg.lr}")
+    check(cfg.epochs >= 0 and cfg.batch_size >= 1 and cfg.lr > 0 and cfg.eval_every >= 1,
+          f"need epochs >= 0, batch_size >= 1, lr > 0, eval_every >= 1; got {cfg.epochs}, {cfg.batch_size}, "
+          f"{cfg.lr}, {cfg.eval_every}")
     check(train_ds.n == test_ds.n and train_ds.d == test_ds.d,
           f"train (n={train_ds.n}, d={train_ds.d}) and test (n={test_ds.n}, d={test_ds.d}) patches differ")
     g = torch.Generator().manual_seed(cfg.seed)
@@ -60,11 +67,14 @@ def train(model: nn.Module, train_ds: PatchDataset, test_ds: PatchDataset, cfg: 
     is_moe = hasattr(model, "moe")
     start = time.perf_counter()
 
-    def record(stage: str) -> Callable[[int], None]:
-        def log(epoch: int) -> None:
+    def record(stage: str, epochs: int) -> Callable[[int, float, float], None]:
+        def log(epoch: int, train_loss: float, train_accuracy: float) -> None:
+            if epoch % cfg.eval_every and epoch != epochs:
+                return
             model.eval()
-            rec = {"stage": stage, "epoch": epoch, "seconds": round(time.perf_counter() - start, 3)}
-            rec.update({f"train_{k}": v for k, v in evaluate(model, train_ds).items()})
+            # train_*: running means over the epoch's mini-batches (the weights moved meanwhile); test_*: exact
+            rec = {"stage": stage, "epoch": epoch, "seconds": round(time.perf_counter() - start, 3),
+                   "train_loss": train_loss, "train_accuracy": train_accuracy}
             rec.update({f"test_{k}": v for k, v in evaluate(model, test_ds).items()})
             if is_moe and cfg.log_routing:
                 rec["routing"] = discriminative_routing(model, test_ds)
@@ -77,11 +87,11 @@ def train(model: nn.Module, train_ds: PatchDataset, test_ds: PatchDataset, cfg: 
     model.train()
     if getattr(model, "config", None) is not None and model.config.model == "pmoe-separate":
         router = [model.router.weight]
-        _sgd_epochs(router, train_ds, cfg.router_epochs, cfg, g, lambda x, y: -(y * model.router_logit(x)).mean(),
-                    record("routers"), "routers", progress)
+        _sgd_epochs(router, train_ds, cfg.router_epochs, cfg, g, model.router_logit, lambda f, y: -(y * f).mean(),
+                    record("routers", cfg.router_epochs), "routers", progress)
         model.router.weight.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    _sgd_epochs(params, train_ds, cfg.epochs, cfg, g, lambda x, y: logistic_loss(model(x), y),
-                record("train"), "train", progress)
+    _sgd_epochs(params, train_ds, cfg.epochs, cfg, g, model, logistic_loss, record("train", cfg.epochs), "train",
+                progress)
     model.eval()
     return history

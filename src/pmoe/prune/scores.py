@@ -1,0 +1,88 @@
+"""One interface to every criterion: `score_experts(method, finetuned, pretrained, calib)` -> a score per expert of
+every MoE layer; `choose_kept` turns scores into the experts each layer keeps.
+
+Data-free methods (`pmoe.prune.criteria`) read the routers of the two models and nothing else: no data, no forward
+pass. Data-driven ones (`pmoe.prune.usage`) make one pass of the fine-tuned model over calibration batches.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from torch import Tensor, nn
+
+from pmoe.errors import check
+from pmoe.prune.criteria import DATA_FREE, kept_count, router_scorer, select_kept
+from pmoe.prune.usage import USAGE, usage_scores
+
+METHODS = (*DATA_FREE, *USAGE)
+NEEDS_PRETRAINED = ("router-norm-change", "router-norm-change-abs", "router-delta-norm")
+
+
+def _layers(model: nn.Module, what: str) -> list[nn.Module]:
+    check(hasattr(model, "moe_layers"), f"the {what} model ({type(model).__name__}) has no moe_layers()")
+    layers = model.moe_layers()
+    check(len(layers) > 0, f"the {what} model ({type(model).__name__}) has no MoE layer to prune")
+    for i, layer in enumerate(layers):
+        check(layer.kept is None and layer.experts.num_experts == layer.num_experts,
+              f"MoE layer {i} of the {what} model is pruned already; give the unpruned {what} model")
+    return layers
+
+
+def check_pair(finetuned: nn.Module, pretrained: nn.Module) -> None:
+    """PmoeError naming the first difference between the two models' routed structure: architecture, number of
+    MoE layers, layer kinds, expert counts, router shapes."""
+    a, b = type(finetuned).__name__, type(pretrained).__name__
+    check(a == b, f"the fine-tuned model is a {a}, the pretrained one a {b}; expected one architecture")
+    fl, pl = _layers(finetuned, "fine-tuned"), _layers(pretrained, "pretrained")
+    check(len(fl) == len(pl), f"the fine-tuned model has {len(fl)} MoE layers, the pretrained one {len(pl)}")
+    for i, (f, p) in enumerate(zip(fl, pl)):
+        what = f"MoE layer {i}"
+        check(type(f) is type(p), f"{what} is a {type(f).__name__} when fine-tuned, a {type(p).__name__} pretrained")
+        check(f.num_experts == p.num_experts,
+              f"{what} has {f.num_experts} experts when fine-tuned, {p.num_experts} pretrained")
+        fs, ps = tuple(f.router.weight.shape), tuple(p.router.weight.shape)
+        check(fs == ps, f"{what}: router weight {list(fs)} when fine-tuned, {list(ps)} pretrained")
+
+
+def score_experts(method: str, finetuned: nn.Module, pretrained: nn.Module | None = None,
+                  calib: Iterable[Tensor] | None = None, seed: int = 0) -> list[Tensor]:
+    """Per MoE layer of `finetuned.moe_layers()`, a (k,) score per expert; larger = more worth keeping.
+
+    Args:
+        method: one of METHODS: `router-norm-change` (Δ_s = ‖w_s^(T)‖ − ‖w_s^(0)‖, the paper's),
+            `router-norm-change-abs` (|Δ_s|), `router-delta-norm` (‖w_s^(T) − w_s^(0)‖), `router-norm` (‖w_s^(T)‖),
+            `random` (seeded), `frequency`, `gate-mass`, `saliency` (see `pmoe.prune.usage`).
+        pretrained: the model `finetuned` was fine-tuned from (the first three methods need it).
+        calib: batches of model inputs, for the data-driven methods only; data-free ones never touch it.
+        seed: of `random`.
+    """
+    check(method in METHODS, f"method {method!r} is unknown; expected one of {list(METHODS)}")
+    layers = _layers(finetuned, "fine-tuned")
+    if pretrained is not None:
+        check_pair(finetuned, pretrained)
+    if method in USAGE:
+        check(calib is not None, f"method {method!r} scores experts on calibration data; none was given")
+        return usage_scores(finetuned, calib)[method]
+    check(pretrained is not None or method not in NEEDS_PRETRAINED,
+          f"method {method!r} compares the fine-tuned routers with the pretrained ones; give the pretrained model")
+    bases = pretrained.moe_layers() if pretrained is not None else layers
+    score = router_scorer(method, seed)
+    return [score(b.router.weight.detach(), f.router.weight.detach()) for b, f in zip(bases, layers)]
+
+
+def choose_kept(scores: Sequence[Tensor], layers: Sequence[nn.Module], keep: int | None = None,
+                ratio: float | None = None) -> list[list[int]]:
+    """Per layer, the ascending ids of the experts with the largest scores: `keep` of them, or `k − round(ratio·k)`.
+
+    Every layer keeps the same count (the paper's rule). An E³ layer of M member groups ranks within each group and
+    keeps the same count in every group (keep/M, or e − round(ratio·e) of its e = k/M), so it stays an ensemble.
+    """
+    out = []
+    for i, (s, layer) in enumerate(zip(scores, layers)):
+        M = getattr(layer, "ensemble_size", 1)
+        e = len(s) // M
+        check(keep is None or keep % M == 0, f"keep {keep} is not a multiple of the {M} member groups of MoE layer "
+                                             f"{i} (E³ keeps the same count in every group)")
+        n = kept_count(e, None if keep is None else keep // M, ratio)
+        out.append([m * e + j for m in range(M) for j in select_kept(s[m * e:(m + 1) * e], n)])
+    return out

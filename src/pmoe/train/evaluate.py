@@ -1,0 +1,46 @@
+"""Loss and accuracy of the vision models: the training objective's task term, and evaluation on a data set.
+
+A model with `forward_members` (E³) trains, as vmoe, on the mean of its members' own cross-entropies, labels repeated
+per member; its prediction is the argmax of the members' mean probabilities (its `forward`, used for evaluation).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pmoe.data.vision import ImageBatches, ImageDataset
+
+
+def task_loss(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """(cross-entropy, scores (B, C) whose argmax is the prediction) of a training batch x (B, C, H, W), y (B,)."""
+    if hasattr(model, "forward_members"):
+        members = model.forward_members(x).float()  # (B, M, C)
+        M = members.shape[1]
+        return F.cross_entropy(members.flatten(0, 1), y.repeat_interleave(M)), members.softmax(-1).mean(1)
+    logits = model(x).float()  # (B, C)
+    return F.cross_entropy(logits, y), logits
+
+
+@torch.no_grad()
+def evaluate_images(model: nn.Module, ds: ImageDataset, batch_size: int = 512, device: torch.device | str | None = None,
+                    num_workers: int = 0) -> dict[str, Any]:
+    """{'loss', 'accuracy'} of `model` (eval mode, float32) on `ds`, plus 'group_accuracy' {group: accuracy} and
+    'worst_group_accuracy' when `ds.groups` is set. `device`: the model's when None."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loss, preds = torch.zeros((), device=device), []
+    for x, y in ImageBatches(ds, batch_size, device=device, num_workers=num_workers):
+        logits = model(x).float()  # (B, C)
+        loss += F.cross_entropy(logits, y, reduction="sum")
+        preds.append(logits.argmax(-1).cpu())
+    model.train(was_training)
+    correct = (torch.cat(preds) == ds.labels).float()  # (N,)
+    out: dict[str, Any] = {"loss": loss.item() / len(ds), "accuracy": correct.mean().item()}
+    if ds.groups is not None:
+        out["group_accuracy"] = {g: correct[ds.groups == g].mean().item() for g in ds.groups.unique().tolist()}
+        out["worst_group_accuracy"] = min(out["group_accuracy"].values())
+    return out
