@@ -47,6 +47,23 @@ def test_patch_moe_equals_per_sample_per_expert_loop(bank, gate, combine, l, dev
         torch.testing.assert_close(fast, expert_loop_forward(layer, x))
 
 
+@pytest.mark.parametrize("gate", ["softmax_selected", "hard"])
+@pytest.mark.parametrize("l", [1, 4, 9])
+def test_dense_dispatch_equals_gather_dispatch(gate, l, device):
+    torch.manual_seed(3)
+    bank = MlpExperts(4, 12, 6, 5).to(device, D)
+    gather = PatchMoE(bank, l, gate=gate, router_std=0.5).to(device, D)
+    dense = PatchMoE(bank, l, gate=gate, dispatch="dense").to(device, D)
+    dense.router = gather.router
+    x = torch.randn(5, 9, 12, dtype=D, device=device)
+    a, b = gather(x).output, dense(x).output
+    g_a, g_b = grads(gather, a), grads(dense, b)
+    torch.testing.assert_close(a, b)
+    for k in g_a:
+        torch.testing.assert_close(g_a[k], g_b[k])
+    torch.testing.assert_close(a, loop_forward(gather, x))
+
+
 def test_experts_see_only_their_l_patches_per_sample():
     bank = MlpExperts(4, 12, 6).to(D)
     seen = []
@@ -134,6 +151,8 @@ def test_layers_reject_bad_inputs():
         layer(torch.randn(2, 2, 12))  # l=3 > n=2
     with pytest.raises(PmoeError, match="combine"):
         PatchMoE(MlpExperts(4, 12, 6), l=3, combine="mean")
+    with pytest.raises(PmoeError, match="needs MlpExperts"):
+        PatchMoE(ConvExperts(4, 3, 2, patch_size=(2, 2)), l=3, dispatch="dense")
     with pytest.raises(PmoeError, match="router"):
         MoEMlp(8, router="dense")
     with pytest.raises(PmoeError, match="group_size"):

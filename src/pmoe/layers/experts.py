@@ -41,12 +41,20 @@ class MlpExperts(nn.Module):
         return self.w1.shape[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: (k, M, d_in) -> (k, M, d_out)."""
-        w1, w2 = self.w1.transpose(1, 2), self.w2.transpose(1, 2)  # (k, d, h), (k, h, d_out) views
-        h = torch.bmm(x, w1) if self.b1 is None else torch.baddbmm(self.b1, x, w1)  # (k, M, h)
-        h = self.drop(self.act(h))
-        out = torch.bmm(h, w2) if self.b2 is None else torch.baddbmm(self.b2, h, w2)  # (k, M, d_out)
-        return self.drop(out)
+        """x: (k, M, d_in) rows routed to each expert, or (M, d_in) rows every expert sees -> (k, M, d_out).
+
+        The shared form runs the first layer of all experts as one GEMM (PatchMoE's `dense` dispatch).
+        """
+        k, h, d = self.w1.shape
+        if x.dim() == 2:
+            b1 = None if self.b1 is None else self.b1.reshape(k * h)
+            hid = F.linear(x, self.w1.reshape(k * h, d), b1).view(-1, k, h).transpose(0, 1)  # (k, M, h)
+        else:
+            w1 = self.w1.transpose(1, 2)  # (k, d, h) view
+            hid = torch.bmm(x, w1) if self.b1 is None else torch.baddbmm(self.b1, x, w1)  # (k, M, h)
+        hid = self.drop(self.act(hid))
+        w2 = self.w2.transpose(1, 2)  # (k, h, d_out) view
+        return self.drop(torch.bmm(hid, w2) if self.b2 is None else torch.baddbmm(self.b2, hid, w2))
 
     def forward_expert(self, s: int, x: Tensor) -> Tensor:
         """Expert s alone on x: (M, d_in) -> (M, d_out)."""

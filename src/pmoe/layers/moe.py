@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from pmoe.errors import check
+from pmoe.layers.experts import MlpExperts
 from pmoe.routing import GateMode, PatchRouting, TokenRouting, expert_choice, token_choice
 
 
@@ -46,12 +47,20 @@ class PatchMoE(nn.Module):
         combine: `sum` adds the gated expert outputs of a patch (standard MoE, output (B, n, d_out));
             `concat` puts expert s's output in channel block s (WRN-pMoE, output (B, n, k*d_out)).
         router_std: std of the router's normal init.
+        dispatch: `gather` copies each expert's l patches and runs the experts on them (k*l/n of the dense
+            compute); `dense` runs every expert on every patch, the first layers as one GEMM, and keeps the chosen
+            outputs (banks that accept shared (M, d) rows: MlpExperts). Same values; `dense` is faster when experts
+            are tiny (the theory's m=5 neurons on CPU: one well-shaped GEMM that reads each patch once).
     """
 
     def __init__(self, experts: nn.Module, l: int, gate: GateMode = "softmax_selected", combine: str = "sum",
-                 router_std: float = 0.02) -> None:
+                 router_std: float = 0.02, dispatch: str = "gather") -> None:
         super().__init__()
         check(combine in ("sum", "concat"), f"combine must be 'sum' or 'concat', got {combine!r}")
+        check(dispatch in ("gather", "dense"), f"dispatch must be 'gather' or 'dense', got {dispatch!r}")
+        check(dispatch == "gather" or isinstance(experts, MlpExperts),
+              f"dispatch='dense' needs MlpExperts (shared rows), got {type(experts).__name__}")
+        self.dispatch = dispatch
         check(l >= 1, f"l (patches per expert) must be >= 1, got {l}")
         self.experts, self.l, self.gate, self.combine = experts, l, gate, combine
         self.num_experts, self.in_features = experts.num_experts, experts.in_features
@@ -73,8 +82,12 @@ class PatchMoE(nn.Module):
         B, n, d = x.shape
         k, l = index.shape[1:]
         flat = index.transpose(0, 1) + torch.arange(B, device=x.device).view(1, B, 1) * n  # (k, B, l) rows of x
-        xe = _dispatch_dtype(x).reshape(B * n, d).index_select(0, flat.reshape(-1)).view(k, B * l, d)  # (k, B*l, d)
-        ye = self.experts(xe)  # (k, B*l, d_out)
+        if self.dispatch == "gather":
+            xe = _dispatch_dtype(x).reshape(B * n, d).index_select(0, flat.reshape(-1)).view(k, B * l, d)
+            ye = self.experts(xe)  # (k, B*l, d_out)
+        else:
+            y_all = self.experts(x.reshape(B * n, d))  # (k, B*n, d_out): every expert on every patch
+            ye = y_all.gather(1, flat.reshape(k, B * l, 1).expand(-1, -1, y_all.shape[-1]))  # (k, B*l, d_out)
         ye = ye * gates.transpose(0, 1).reshape(k, B * l, 1).to(ye.dtype)
         d_out = ye.shape[-1]
         if self.combine == "sum":

@@ -116,7 +116,7 @@ class MixtureOfCNNs(nn.Module):
         a = _output_weights(cfg, g) / scale  # (k, m)
         experts = relu_neurons(cfg.experts, cfg.d, cfg.neurons, a)
         experts.w1.data = torch.randn(cfg.experts, cfg.neurons, cfg.d, generator=g) * cfg.expert_std  # (k, m, d)
-        self.moe = PatchMoE(experts, cfg.l, gate=cfg.gate)
+        self.moe = PatchMoE(experts, cfg.l, gate=cfg.gate, dispatch="dense")  # tiny experts: see PatchMoE
         self.moe.router.weight.data = torch.randn(cfg.experts, cfg.d, generator=g) * cfg.router_std
 
     @property

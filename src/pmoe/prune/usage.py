@@ -31,8 +31,11 @@ class _Tally:
         self.norms = out.detach().to(torch.promote_types(out.dtype, torch.float32)).norm(dim=-1)  # (k, M) per row
 
     def layer_hook(self, module: nn.Module, args: tuple, out: tuple) -> None:
-        r = out.routing
-        tokens, expert, gate, norm = (_choices if isinstance(r, TokenRouting) else _patches)(r, self.norms)
+        r, norms = out.routing, self.norms
+        if getattr(module, "dispatch", "gather") == "dense":  # every expert ran on every patch: keep the chosen
+            B, k, l = r.index.shape
+            norms = norms.view(k, B, -1).gather(2, r.index.transpose(0, 1)).reshape(k, B * l)  # (k, B*l)
+        tokens, expert, gate, norm = (_choices if isinstance(r, TokenRouting) else _patches)(r, norms)
         expert = expert.cpu()
         for total, w in ((self.routed, torch.ones_like(gate)), (self.gates, gate), (self.salient, gate * norm)):
             total.index_add_(0, expert, w.double().cpu())
