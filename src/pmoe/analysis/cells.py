@@ -69,8 +69,7 @@ def _padding(image_size: int, side: int) -> int:
 
 def _theory_cells(model: MixtureOfCNNs, images: Tensor) -> ExpertCells:
     cfg = model.config
-    p = math.isqrt(cfg.d)
-    H, W = images.shape[-2:]
+    p, (H, W) = math.isqrt(cfg.d), images.shape[-2:] if images.dim() == 4 else (0, 0)
     check(images.dim() == 4 and images.shape[1] == 1 and p * p == cfg.d and H % p == 0 and W % p == 0
           and (H // p) * (W // p) == cfg.n, f"a theory model of n={cfg.n} patches of d={cfg.d} takes canvases "
           f"(B, 1, H, W) of n square patches, got shape {tuple(images.shape)}")

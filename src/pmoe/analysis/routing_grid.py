@@ -56,6 +56,12 @@ def _show(ax: plt.Axes, image: Tensor) -> None:
     ax.imshow((x[0] if len(x) == 1 else x.permute(1, 2, 0)).numpy(), cmap="gray", vmin=0, vmax=1)
 
 
+def _outline(ax: plt.Axes, rect: tuple[int, int, int, int], **style) -> None:
+    """Frame the pixels rect = (x, y, width, height); imshow puts pixel centres at integer coordinates."""
+    x, y, w, h = rect
+    ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, **style))
+
+
 def draw_routing_grid(path: str | Path, images: Tensor, labels: Tensor, class_names: list[str], cells: ExpertCells,
                       layer: int = -1, frequency: Tensor | None = None, marked: Tensor | None = None,
                       title: str = "") -> None:
@@ -75,11 +81,9 @@ def draw_routing_grid(path: str | Path, images: Tensor, labels: Tensor, class_na
             ax = axes[s, b]
             _show(ax, images[b])
             for i, j in torch.nonzero(mask[b, s]).tolist():
-                x, y, w, h = cells.rect(i, j)
-                ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor=color, linewidth=1.6))
+                _outline(ax, cells.rect(i, j), edgecolor=color, linewidth=1.6)
             if marked is not None and marked[b] >= 0:
-                x, y, w, h = cells.rect(*divmod(int(marked[b]), gw))
-                ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="w", linestyle="--", lw=1))
+                _outline(ax, cells.rect(*divmod(int(marked[b]), gw)), edgecolor="w", linestyle="--", linewidth=1)
             ax.set(xlim=(lo, hi), ylim=(hi, lo), xticks=[], yticks=[])
             if s == 0:
                 ax.set_title(class_names[int(labels[b])][:14], fontsize=8)
