@@ -5,6 +5,7 @@ import argparse
 import importlib
 import sys
 
+import pmoe
 from pmoe.errors import PmoeError
 
 # Sub-command modules, in the order `pmoe --help` lists them.
@@ -12,16 +13,10 @@ COMMANDS = ["train", "finetune", "eval", "route", "experiment", "demo", "hf_prun
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pmoe", description=__import__("pmoe").__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="pmoe", description=pmoe.__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"pmoe.cli.{name}")
-        except ModuleNotFoundError as e:  # a command whose module is not written yet
-            if e.name != f"pmoe.cli.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"pmoe.cli.{name}").register(sub)
     return parser
 
 
