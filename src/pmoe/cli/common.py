@@ -19,6 +19,13 @@ def emit(result: dict, as_json: bool, lines: list[str]) -> None:
     print(json.dumps(result) if as_json else "\n".join(lines), flush=True)
 
 
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """--out (the checkpoint folder), --json and --quiet: the tail of every training command."""
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

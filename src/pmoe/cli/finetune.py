@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 
 from pmoe.checkpoints import read_config
-from pmoe.cli.common import add_data_args, add_train_args, data_spec, emit, refuse_flags, train_config
+from pmoe.cli.common import (add_data_args, add_output_args, add_train_args, data_spec, emit, refuse_flags,
+                             train_config)
 from pmoe.cli.train import summary_lines
 from pmoe.cli.vision_args import THEORY_FLAGS, VISION_FLAGS, add_vision_args, fit_config, image_data_spec, resumable
 from pmoe.data import DATASETS
@@ -26,9 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     add_train_args(p)
     add_vision_args(p)
-    p.add_argument("--out", required=True, help="checkpoint folder to write")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_args(p)
     p.set_defaults(func=run)
 
 

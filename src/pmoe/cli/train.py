@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from pmoe.cli.common import (add_data_args, add_model_args, add_train_args, data_spec, emit, model_options,
-                             refuse_flags, train_config)
+from pmoe.cli.common import (add_data_args, add_model_args, add_output_args, add_train_args, data_spec, emit,
+                             model_options, refuse_flags, train_config)
 from pmoe.cli.vision_args import (THEORY_FLAGS, VISION_FLAGS, add_vision_args, fit_config, image_data_spec,
                                   parse_options, resumable)
 from pmoe.data import DATASETS
@@ -31,9 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_train_args(p)
     add_vision_args(p)
-    p.add_argument("--out", required=True, help="checkpoint folder to write")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_args(p)
     p.set_defaults(func=run)
 
 
