@@ -100,3 +100,19 @@ def test_n_over_l_experiment_reports_samples_needed(tmp_path, capsys):
 def test_bad_model_spec_in_experiment(tmp_path, capsys):
     assert main(["experiment", "sample-complexity", "--out", str(tmp_path), "--models", "cnn:depth=3"]) == 2
     assert "bad model option 'depth=3'" in capsys.readouterr().err
+
+
+def test_routing_experiment_records_hit_rates_over_training(tmp_path, capsys):
+    args = ["experiment", "routing", "--out", str(tmp_path), "--data", "synthetic", "--samples", "40", "--seeds", "2",
+            "--epochs", "3", "--models", "pmoe:l=2", "pmoe-separate", "--workers", "1", "--json"]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    joint = [r for r in results["runs"] if r["spec"] == "pmoe:l=2"]
+    separate = [r for r in results["runs"] if r["spec"] == "pmoe-separate"]
+    assert len(joint) == len(separate) == 2
+    assert [c["epoch"] for c in joint[0]["curve"]] == [1, 2, 3]  # joint routers train in every epoch
+    assert len(separate[0]["curve"]) == 100  # the router stage (default 100 epochs), not the expert stage
+    assert all(0 <= c["best_expert"] <= 1 for r in results["runs"] for c in r["curve"])
+    assert (tmp_path / "routing_over_training.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| epoch | pmoe:l=2 | pmoe-separate |" in last_json(capsys)["report"]
+    assert main(["experiment", "routing", "--out", str(tmp_path / "x"), "--models", "cnn", "--seeds", "1"]) == 2

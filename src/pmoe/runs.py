@@ -52,12 +52,14 @@ def summarize(model: torch.nn.Module, train_ds: PatchDataset, test_ds: PatchData
 
 
 def run(model_name: str, data: DataSpec, train_cfg: TrainConfig, model_options: dict | None = None,
-        out_dir: str | Path | None = None, progress: bool = True) -> dict:
-    """Train `model_name` (cnn | pmoe | pmoe-separate) on `data`; save to `out_dir` if given. Returns the summary."""
+        out_dir: str | Path | None = None, progress: bool = True, history: bool = False) -> dict:
+    """Train `model_name` (cnn | pmoe | pmoe-separate) on `data`; save to `out_dir` if given. Returns the summary,
+    with the per-epoch records under `history` if asked."""
     start = time.perf_counter()
     train_ds, test_ds = data.make()
     cfg = theory_config(model_name, train_ds.n, train_ds.d, seed=train_cfg.seed, **(model_options or {}))
-    return _train(build_theory_model(cfg), data, train_ds, test_ds, train_cfg, out_dir, progress, start)
+    result, records = _train(build_theory_model(cfg), data, train_ds, test_ds, train_cfg, out_dir, progress, start)
+    return {**result, "history": records} if history else result
 
 
 def finetune(pretrained: str | Path, data: DataSpec, train_cfg: TrainConfig, out_dir: str | Path | None = None,
@@ -72,11 +74,13 @@ def finetune(pretrained: str | Path, data: DataSpec, train_cfg: TrainConfig, out
     check((train_ds.n, train_ds.d) == (n, d), f"{pretrained} holds a model of n={n} patches of d={d}; the data "
           f"{data.name!r} has n={train_ds.n}, d={train_ds.d}: pick data of that shape")
     parent = {"path": str(Path(pretrained).resolve()), "sha256": weights_sha256(pretrained)}
-    return _train(model, data, train_ds, test_ds, train_cfg, out_dir, progress, start, pretrained=parent)
+    return _train(model, data, train_ds, test_ds, train_cfg, out_dir, progress, start, pretrained=parent)[0]
 
 
 def _train(model: torch.nn.Module, data: DataSpec, train_ds: PatchDataset, test_ds: PatchDataset,
-           train_cfg: TrainConfig, out_dir: str | Path | None, progress: bool, start: float, **sections: dict) -> dict:
+           train_cfg: TrainConfig, out_dir: str | Path | None, progress: bool, start: float,
+           **sections: dict) -> tuple[dict, list[dict]]:
+    """Train, summarise, save if asked; returns (summary, per-epoch records)."""
     torch.manual_seed(train_cfg.seed)
     history = train(model, train_ds, test_ds, train_cfg, progress=progress)
     result = {"model": model.config.model, "data": data.name, "samples": data.samples, "seed": train_cfg.seed,
@@ -87,7 +91,7 @@ def _train(model: torch.nn.Module, data: DataSpec, train_ds: PatchDataset, test_
                               train=train_cfg.to_dict(), result=result, **sections)
         with atomic_path(out / "metrics.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(rec) + "\n" for rec in history))
-    return result
+    return result, history
 
 
 def evaluate_checkpoint(ckpt_dir: str | Path) -> tuple[torch.nn.Module, dict, PatchDataset, PatchDataset]:

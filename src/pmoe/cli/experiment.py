@@ -5,7 +5,7 @@ import argparse
 from dataclasses import replace
 
 from pmoe.cli.common import emit, positive_int
-from pmoe.experiments import pruning_theory, sample_complexity, spurious
+from pmoe.experiments import pruning_theory, routing_dynamics, sample_complexity, spurious
 from pmoe.experiments.sample_complexity import preset, run_experiment
 from pmoe.models import THEORY_MODELS
 
@@ -38,6 +38,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     t.set_defaults(func=run_prune_theory)
     add_spurious(exp)
+    r = exp.add_parser("routing", help="discriminative routing over training: routers' hit rate of the class patch",
+                       description=routing_dynamics.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--out", required=True, help="report folder")
+    r.add_argument("--quick", action="store_true", help="N=300, 2 seeds, 30 epochs (about a minute on 2 cores)")
+    r.add_argument("--data", choices=("fashion-patches", "synthetic"), help="default: fashion-patches")
+    r.add_argument("--data-dir", help="IDX folder (e.g. MNIST) instead of Debian's Fashion-MNIST")
+    r.add_argument("--samples", type=positive_int, help="training samples N")
+    r.add_argument("--seeds", type=positive_int, help="seeds per model")
+    r.add_argument("--epochs", type=positive_int, help="training epochs")
+    r.add_argument("--models", nargs="+", metavar="MODEL", help="pmoe, pmoe-separate, with overrides (pmoe:l=2)")
+    r.add_argument("--workers", type=positive_int, help="parallel runs (default: CPU cores)")
+    r.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    r.set_defaults(func=run_routing)
 
 
 def add_spurious(exp: argparse._SubParsersAction) -> None:
@@ -58,17 +71,21 @@ def add_spurious(exp: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_spurious)
 
 
-def run_sample_complexity(args: argparse.Namespace) -> int:
-    cfg = preset(args.mode, args.quick)
+def _run(cfg, run_experiment_fn, args: argparse.Namespace) -> int:
+    """Apply the common flags to an experiment config, run it, print its report."""
     for name in ("data", "samples", "seeds", "epochs", "models"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if args.data_dir:
         cfg.data_options["data_dir"] = args.data_dir
-    summary = run_experiment(cfg, args.out, args.workers, progress=not args.json)
+    summary = run_experiment_fn(cfg, args.out, args.workers, progress=not args.json)
     emit(summary, args.json, [summary["report"], f"{summary['runs']} runs in {summary['seconds']} s; "
                                                  f"report in {args.out}"])
     return 0
+
+
+def run_sample_complexity(args: argparse.Namespace) -> int:
+    return _run(preset(args.mode, args.quick), run_experiment, args)
 
 
 def run_prune_theory(args: argparse.Namespace) -> int:
@@ -89,3 +106,7 @@ def run_spurious(args: argparse.Namespace) -> int:
     emit(summary, args.json, [summary["report"], f"{summary['runs']} runs in {summary['seconds']} s; "
                                                  f"report in {args.out}"])
     return 0
+
+
+def run_routing(args: argparse.Namespace) -> int:
+    return _run(routing_dynamics.preset(args.quick), routing_dynamics.run_experiment, args)

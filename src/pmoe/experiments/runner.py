@@ -19,11 +19,13 @@ class Job:
     train: TrainConfig
     model_options: dict = field(default_factory=dict)
     tags: dict = field(default_factory=dict)  # copied into the result (e.g. {"n": 16})
+    history: bool = False  # keep the per-epoch records in the result
 
 
 def _work(job: Job) -> dict:
     torch.set_num_threads(1)  # small models: one thread per run, one run per core
-    return {**job.tags, **run(job.model, job.data, job.train, job.model_options, progress=False)}
+    return {**job.tags, **run(job.model, job.data, job.train, job.model_options, progress=False,
+                                history=job.history)}
 
 
 def run_jobs(jobs: list[Job], workers: int | None = None, progress: bool = True) -> list[dict]:

@@ -1,0 +1,95 @@
+"""Discriminative routing over training (pMoE ICML 2023, §4): how often the routers pick the class patch.
+
+Trains joint pMoE and separate pMoE on the patch-canvas task (or synthetic data) and records, after every epoch of
+router training, how often the best expert of each class takes that class's discriminative patch in the test set,
+against chance l/n, with the test accuracy. Joint pMoE's routers train with its experts; separate pMoE's routers
+train first (its later epochs keep them frozen).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from pmoe.errors import check
+from pmoe.experiments.runner import Job, run_jobs
+from pmoe.experiments.sample_complexity import parse_model
+from pmoe.io import write_json, write_text
+from pmoe.reports import line_plot, markdown_table, mean_std
+from pmoe.runs import DataSpec
+from pmoe.train import TrainConfig
+
+
+@dataclass
+class RoutingDynamicsConfig:
+    data: str = "fashion-patches"  # or synthetic
+    samples: int = 1000  # N, training samples
+    test_samples: int = 2000
+    seeds: int = 5
+    epochs: int = 150  # joint pMoE and separate pMoE's expert stage
+    router_epochs: int = 100  # separate pMoE's router stage
+    models: list[str] = field(default_factory=lambda: ["pmoe", "pmoe-separate"])
+    data_options: dict = field(default_factory=dict)
+
+
+QUICK = RoutingDynamicsConfig(samples=300, test_samples=1000, seeds=2, epochs=30, router_epochs=20)
+
+
+def _curve(history: list[dict], model: str) -> list[dict]:
+    """The records of the epochs in which the routers trained."""
+    stage = "routers" if model == "pmoe-separate" else "train"
+    return [r for r in history if r["stage"] == stage]
+
+
+def run_experiment(cfg: RoutingDynamicsConfig, out_dir: str | Path, workers: int | None = None,
+                   progress: bool = True) -> dict:
+    """Run, then write results.json, routing_over_training.png, accuracy_over_training.png and results.md."""
+    check(cfg.seeds >= 1 and cfg.epochs >= 1 and cfg.router_epochs >= 1,
+          f"need seeds, epochs and router_epochs >= 1, got {cfg.seeds}, {cfg.epochs}, {cfg.router_epochs}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    data = DataSpec(cfg.data, cfg.samples, cfg.test_samples, 0, cfg.data_options)
+    jobs = []
+    for spec in cfg.models:
+        name, options = parse_model(spec)
+        check(name != "cnn", "the CNN has no routers; compare pmoe and pmoe-separate (with overrides)")
+        jobs += [Job(name, data, TrainConfig(epochs=cfg.epochs, router_epochs=cfg.router_epochs, seed=s), options,
+                     tags={"spec": spec}, history=True) for s in range(cfg.seeds)]
+    runs = run_jobs(jobs, workers, progress)
+    for r in runs:
+        r["curve"] = [{"epoch": c["epoch"], "best_expert": c["routing"]["best_expert"],
+                       "any_expert": c["routing"]["any_expert"], "test_accuracy": c["test_accuracy"]}
+                      for c in _curve(r.pop("history"), r["model"])]
+    curves = {m: [r["curve"] for r in runs if r["spec"] == m] for m in cfg.models}
+    chance = {m: next(r["routing"]["chance"] for r in runs if r["spec"] == m) for m in cfg.models}
+
+    def series(key) -> dict[str, tuple[list, list, list]]:
+        out_ = {}
+        for m, cs in curves.items():
+            epochs = [rec["epoch"] for rec in cs[0]]
+            stats = [mean_std([key(c[i]) for c in cs]) for i in range(len(epochs))]
+            out_[m] = (epochs, [a for a, _ in stats], [b for _, b in stats])
+        return out_
+
+    hit = series(lambda rec: rec["best_expert"])
+    acc = series(lambda rec: rec["test_accuracy"])
+    title = f"{cfg.data}, N={cfg.samples}, mean ± std over {cfg.seeds} seeds"
+    line_plot(out / "routing_over_training.png", hit, "epoch of router training",
+              "best expert's hit rate of the class patch", title)
+    line_plot(out / "accuracy_over_training.png", acc, "epoch of router training", "test accuracy", title)
+    marks = sorted({e for m in cfg.models for e in hit[m][0] if e in (1, 2, 5, 10, 20, 30, 50, 100, 150)
+                    or e == hit[m][0][-1]})
+    rows = [[e] + [f"{hit[m][1][hit[m][0].index(e)]:.3f} / {acc[m][1][acc[m][0].index(e)]:.3f}"
+                   if e in hit[m][0] else "–" for m in cfg.models] for e in marks]
+    report = ("Best expert's hit rate of the discriminative patch / test accuracy, mean over seeds "
+              f"(chance: {', '.join(f'{m} {chance[m]:.3f}' for m in cfg.models)}):\n\n"
+              + markdown_table(["epoch"] + cfg.models, rows))
+    seconds = round(time.perf_counter() - start, 1)
+    write_json(out / "results.json", {"config": asdict(cfg), "seconds": seconds, "runs": runs})
+    write_text(out / "results.md", f"# Discriminative routing over training\n\n{report}\n\nWall time: {seconds} s.\n")
+    return {"seconds": seconds, "runs": len(runs), "report": report, "out": str(out)}
+
+
+def preset(quick: bool) -> RoutingDynamicsConfig:
+    return replace(QUICK if quick else RoutingDynamicsConfig())
