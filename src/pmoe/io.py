@@ -24,11 +24,12 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp = Path(name)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod((0o777 if is_dir else 0o666) & ~umask)  # mkstemp/mkdtemp make private files; use the usual mode
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        # mkstemp/mkdtemp (and writers that recreate the file) leave it private: give it the usual mode
+        tmp.chmod((0o777 if is_dir else 0o666) & ~umask)
         os.replace(tmp, path) if not is_dir else os.rename(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
