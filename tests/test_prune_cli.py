@@ -46,6 +46,9 @@ def test_prune_json_checkpoint_and_eval(theory, tmp_path, capsys):
     assert cfg["pruning"]["pretrained"]["sha256"] == parent["sha256"]
     assert main(["eval", str(out), "--json"]) == 0
     assert last_json(capsys)["test_accuracy"] == r["test_accuracy_finetuned"]
+    assert main(["finetune", str(out), *THEORY, "--out", str(tmp_path / "pruned-ft"), "--quiet"]) == 0
+    child, child_cfg = load_checkpoint(tmp_path / "pruned-ft")  # trained on in its pruned shape
+    assert child.moe.experts.num_experts == 2 and child_cfg["pruning"]["kept"] == [layer["kept"]]
 
 
 def test_prune_sweep_writes_json_plots_and_table(theory, tmp_path, capsys):
@@ -75,6 +78,12 @@ def test_prune_of_a_vision_checkpoint_with_calibration_and_fine_tune(tmp_path, c
     assert r["keep"] == [2, 2] and r["params_after"] < r["params_before"]
     assert main(["eval", str(tmp_path / "pruned"), "--json"]) == 0
     assert last_json(capsys)["test_accuracy"] == pytest.approx(r["test_accuracy_finetuned"])
+    # a pruned checkpoint fine-tunes further in its pruned shape (here onto a new 2-class head)
+    assert main(["finetune", str(tmp_path / "pruned"), "--data", "fashion-spurious", *FASHION,
+                 "--out", str(tmp_path / "pruned-ft"), "--json"]) == 0
+    assert last_json(capsys)["params"] < r["params_before"]
+    model, _ = load_checkpoint(tmp_path / "pruned-ft")
+    assert [layer.experts.num_experts for layer in model.moe_layers()] == [2, 2]
 
 
 @pytest.fixture(scope="module")

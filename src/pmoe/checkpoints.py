@@ -80,15 +80,21 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) 
     model.load_state_dict(tensors)
 
 
-def load_checkpoint(ckpt_dir: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild the model of a checkpoint folder and load its weights. Returns (model, config)."""
+def build_from_config(cfg: dict, **model_overrides) -> nn.Module:
+    """The (untrained) model a checkpoint config describes, in its pruned shape if it was pruned."""
     from pmoe.models import build_model
 
-    cfg = read_config(ckpt_dir)
-    model = build_model(cfg["arch"], cfg["model"])
+    model = build_model(cfg["arch"], {**cfg["model"], **model_overrides})
     if "pruning" in cfg:  # experts removed by `pmoe prune`: rebuild the pruned shape before loading
         from pmoe.prune.surgery import apply_record
 
         apply_record(model, cfg["pruning"])
+    return model
+
+
+def load_checkpoint(ckpt_dir: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild the model of a checkpoint folder and load its weights. Returns (model, config)."""
+    cfg = read_config(ckpt_dir)
+    model = build_from_config(cfg)
     load_state(model, read_weights(ckpt_dir), str(Path(ckpt_dir) / WEIGHTS))
     return model.eval(), cfg

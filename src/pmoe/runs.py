@@ -74,7 +74,9 @@ def finetune(pretrained: str | Path, data: DataSpec, train_cfg: TrainConfig, out
     check((train_ds.n, train_ds.d) == (n, d), f"{pretrained} holds a model of n={n} patches of d={d}; the data "
           f"{data.name!r} has n={train_ds.n}, d={train_ds.d}: pick data of that shape")
     parent = {"path": str(Path(pretrained).resolve()), "sha256": weights_sha256(pretrained)}
-    return _train(model, data, train_ds, test_ds, train_cfg, out_dir, progress, start, pretrained=parent)[0]
+    pruned = {"pruning": cfg["pruning"]} if "pruning" in cfg else {}  # keeps a pruned parent's child loadable
+    return _train(model, data, train_ds, test_ds, train_cfg, out_dir, progress, start, pretrained=parent,
+                  **pruned)[0]
 
 
 def _train(model: torch.nn.Module, data: DataSpec, train_ds: PatchDataset, test_ds: PatchDataset,

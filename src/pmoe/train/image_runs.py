@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pmoe.checkpoints import CONFIG, load_checkpoint, load_state, read_config, read_weights, weights_sha256
+from pmoe.checkpoints import (CONFIG, build_from_config, load_checkpoint, load_state, read_config, read_weights,
+                              weights_sha256)
 from pmoe.data.vision import ImageDataset, balanced_subset, make_image_dataset
 from pmoe.errors import PmoeError, check
 from pmoe.io import write_json
-from pmoe.models import build_model
 from pmoe.models.presets import build_preset, preset
 from pmoe.runs import num_params
 from pmoe.train.evaluate import evaluate_images
@@ -68,7 +68,7 @@ def load_for_data(ckpt_dir: str | Path, ds: ImageDataset) -> tuple[nn.Module, di
     check(ds.image_shape == (C, side, side), f"{ckpt_dir} holds a model of {C}x{side}x{side} images (CxHxW); the "
           f"data set {ds.meta.get('name')!r} has {'x'.join(map(str, ds.image_shape))}: pick data of that shape")
     new_head = model_cfg["num_classes"] != ds.num_classes
-    model = build_model(cfg["arch"], {**model_cfg, "num_classes": ds.num_classes})
+    model = build_from_config(cfg, num_classes=ds.num_classes)  # pruned checkpoints keep their pruned shape
     weights = read_weights(ckpt_dir)
     if new_head:
         fresh = {k: v for k, v in model.state_dict().items() if k.startswith("head.")}
@@ -102,8 +102,9 @@ def finetune_preset(pretrained: str | Path, data: ImageDataSpec, cfg: FitConfig,
     train_ds, test_ds = data.make("train"), data.make("test")
     torch.manual_seed(cfg.seed)
     model, parent = load_for_data(pretrained, train_ds)
+    pruning = read_config(pretrained).get("pruning")  # a pruned parent's record keeps the child loadable
     return _fit(model, parent["preset"], data, train_ds, test_ds, cfg, out_dir, resume, progress, start,
-                pretrained=parent)
+                pretrained=parent, **({"pruning": pruning} if pruning else {}))
 
 
 def _fit(model: nn.Module, name: str | None, data: ImageDataSpec, train_ds: ImageDataset, test_ds: ImageDataset,
