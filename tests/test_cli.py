@@ -99,7 +99,7 @@ def test_n_over_l_experiment_reports_samples_needed(tmp_path, capsys):
 
 def test_bad_model_spec_in_experiment(tmp_path, capsys):
     assert main(["experiment", "sample-complexity", "--out", str(tmp_path), "--models", "cnn:depth=3"]) == 2
-    assert "bad model option 'depth=3'" in capsys.readouterr().err
+    assert "bad model option(s) ['depth'] in 'cnn:depth=3'" in capsys.readouterr().err
 
 
 def test_routing_experiment_records_hit_rates_over_training(tmp_path, capsys):

@@ -36,7 +36,7 @@ def test_presets_follow_the_data():
 
 
 @pytest.mark.parametrize("models,message", [(["vit-huge"], "unknown preset 'vit-huge'"),
-                                            (["wrn-pmoe-tiny:l2"], "bad option of 'wrn-pmoe-tiny:l2': 'l2'")])
+                                            (["wrn-pmoe-tiny:l2"], "bad option in 'wrn-pmoe-tiny:l2': 'l2'")])
 def test_bad_model_spec_is_refused_before_training(tmp_path, capsys, models, message):
     assert main(["experiment", "spurious", "--out", str(tmp_path), *TINY, "--models", *models]) == 2
     assert message in capsys.readouterr().err

@@ -8,11 +8,12 @@ import argparse
 from pmoe.cli.common import (add_data_args, add_model_args, add_output_args, add_train_args, data_spec, emit,
                              model_options, refuse_flags, train_config)
 from pmoe.cli.vision_args import (THEORY_FLAGS, VISION_FLAGS, add_vision_args, fit_config, image_data_spec,
-                                  parse_options, resumable)
+                                  resumable)
 from pmoe.data import DATASETS
 from pmoe.errors import check
 from pmoe.models import THEORY_MODELS
 from pmoe.models.presets import PRESETS
+from pmoe.options import parse_options
 from pmoe.runs import run as run_theory
 from pmoe.train.image_runs import train_preset
 

@@ -3,12 +3,12 @@ and preset options; beside the shared data and training flags of `pmoe.cli.commo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Callable
 
 from pmoe.cli.common import pick, positive_int
 from pmoe.errors import check
+from pmoe.options import parse_options
 from pmoe.train import FitConfig, OptimConfig
 from pmoe.train.image_runs import ImageDataSpec, finished
 from pmoe.train.optim import DEFAULTS, OPTIMIZERS, SCHEDULES
@@ -38,19 +38,6 @@ def add_vision_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-opt", action="append", metavar="KEY=VALUE",
                    help="a field of the image data set's config, e.g. val_fraction=0.1 (repeatable)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out (same flags) where it stopped")
-
-
-def parse_options(items: list[str] | None, what: str) -> dict:
-    """['l=2', 'router=patch'] -> {'l': 2, 'router': 'patch'}: values as JSON where they parse, else strings."""
-    out = {}
-    for item in items or []:
-        key, eq, value = item.partition("=")
-        check(bool(eq and key), f"bad {what} {item!r}; expected KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def fit_config(args: argparse.Namespace) -> FitConfig:

@@ -17,6 +17,7 @@ from pmoe.errors import check
 from pmoe.experiments.runner import Job, run_jobs
 from pmoe.io import write_json, write_text
 from pmoe.models import THEORY_MODELS, TheoryConfig
+from pmoe.options import parse_spec
 from pmoe.reports import line_plot, markdown_table, mean_std
 from pmoe.runs import DataSpec
 from pmoe.train import TrainConfig
@@ -57,18 +58,7 @@ def preset(mode: str, quick: bool) -> SampleComplexityConfig:
 
 def parse_model(spec: str) -> tuple[str, dict]:
     """'cnn:neurons=40,l=2' -> ('cnn', {'neurons': 40, 'l': 2}); a model name with optional config overrides."""
-    name, _, rest = spec.partition(":")
-    check(name in THEORY_MODELS, f"unknown model {name!r} in {spec!r}; expected one of {THEORY_MODELS}")
-    opts = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        check(bool(eq) and key in TheoryConfig.__dataclass_fields__,
-              f"bad model option {item!r} in {spec!r}; expected key=value with a key of TheoryConfig")
-        try:
-            opts[key] = json.loads(value)  # numbers
-        except json.JSONDecodeError:
-            opts[key] = value  # names such as gate=hard
-    return name, opts
+    return parse_spec(spec, THEORY_MODELS, TheoryConfig.__dataclass_fields__)
 
 
 def _jobs(cfg: SampleComplexityConfig) -> list[Job]:

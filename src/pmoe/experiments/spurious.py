@@ -19,10 +19,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pmoe.cli.vision_args import parse_options
 from pmoe.errors import check
 from pmoe.io import atomic_path, write_json, write_text
 from pmoe.models.presets import PRESETS
+from pmoe.options import parse_spec
 from pmoe.reports import markdown_table, mean_std, plt
 from pmoe.train import FitConfig, OptimConfig
 from pmoe.train.image_runs import ImageDataSpec, train_preset
@@ -68,9 +68,7 @@ def preset(data: str, quick: bool) -> SpuriousExperimentConfig:
 
 def parse_model(spec: str) -> tuple[str, dict]:
     """'wrn-pmoe-tiny:l=2,gate=hard' -> ('wrn-pmoe-tiny', {'l': 2, 'gate': 'hard'}): a preset and its overrides."""
-    name, _, rest = spec.partition(":")
-    check(name in PRESETS, f"unknown preset {name!r} in {spec!r}; expected one of {sorted(PRESETS)}")
-    return name, parse_options(rest.split(",") if rest else [], f"option of {spec!r}:")
+    return parse_spec(spec, sorted(PRESETS), kind="preset")
 
 
 def run_one(cfg: SpuriousExperimentConfig, spec: str, samples: int, seed: int, out: Path) -> dict:
