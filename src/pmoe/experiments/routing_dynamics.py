@@ -1,4 +1,4 @@
-"""Discriminative routing over training (pMoE ICML 2023, §4): how often the routers pick the class patch.
+"""Discriminative routing over training (pMoE, ICML 2023): how often the routers pick the class patch.
 
 Trains joint pMoE and separate pMoE on the patch-canvas task (or synthetic data) and records, after every epoch of
 router training, how often the best expert of each class takes that class's discriminative patch in the test set,
