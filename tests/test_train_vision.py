@@ -11,7 +11,6 @@ from pmoe.checkpoints import load_checkpoint
 from pmoe.cli import main
 from pmoe.data.vision import Augment, ImageBatches, ImageDataset
 from pmoe.errors import PmoeError
-from pmoe.models.presets import build_preset
 from pmoe.train import FitConfig, OptimConfig, evaluate_images, fit, make_scheduler
 from pmoe.train.image_runs import build_for_data, load_for_data
 

@@ -7,7 +7,6 @@ import sys
 from typing import Callable
 
 from pmoe.cli.common import pick, positive_int
-from pmoe.errors import check
 from pmoe.options import parse_options
 from pmoe.train import FitConfig, OptimConfig
 from pmoe.train.image_runs import ImageDataSpec, finished

@@ -138,6 +138,5 @@ class MixtureOfCNNs(nn.Module):
 
 
 def build_theory_model(cfg: TheoryConfig) -> nn.Module:
-    """The model a `TheoryConfig` describes."""
-    validate(cfg)
+    """The model a `TheoryConfig` describes (each constructor validates it)."""
     return TwoLayerCNN(cfg) if cfg.model == "cnn" else MixtureOfCNNs(cfg)
