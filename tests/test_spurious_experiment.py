@@ -4,7 +4,8 @@ import json
 import pytest
 
 from pmoe.cli import main
-from pmoe.experiments.spurious import parse_model, preset
+from pmoe.experiments.image_sweep import parse_model
+from pmoe.experiments.spurious import preset
 
 TINY = ["--quick", "--samples", "64", "--test-samples", "100", "--seeds", "1", "--epochs", "1", "--json"]
 

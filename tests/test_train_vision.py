@@ -153,6 +153,22 @@ def test_max_steps_stops_mid_epoch_with_a_final_eval_and_checkpoint(tmp_path):
     assert history[-1]["lr"] < 0.1 * 0.1  # the cosine reaches ~0 at max_steps, not at 5 epochs
 
 
+def test_eval_every_evaluates_and_checkpoints_every_kth_epoch_and_the_last(tmp_path):
+    tr, te = images(), images(16, seed=1)
+    saved = []  # the epoch of the checkpoint on disk after each epoch
+
+    def on_epoch(rec: dict) -> None:
+        path = tmp_path / "config.json"
+        saved.append(json.loads(path.read_text())["progress"]["epoch"] if path.exists() else None)
+
+    history = fit(model("wrn-tiny", tr), tr, te, FitConfig(epochs=5, eval_every=2, **CFG), out_dir=tmp_path,
+                  on_epoch=on_epoch, progress=False)
+    assert [("eval_accuracy" in r) for r in history] == [False, True, False, True, True]
+    assert saved == [None, 2, 2, 4, 5]
+    with pytest.raises(PmoeError, match="eval_every >= 1"):
+        FitConfig(eval_every=0)
+
+
 def test_bf16_autocast_path_and_evaluation_with_groups():
     tr, te = images(16), images(40, seed=1, groups=True)
     m = model("vit-moe-tiny", tr)

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from functools import partial
 
 from pmoe.cli.common import emit, positive_int
-from pmoe.experiments import pruning_theory, routing_dynamics, sample_complexity, spurious
+from pmoe.experiments import image_samples, pruning_theory, routing_dynamics, sample_complexity, spurious
 from pmoe.experiments.sample_complexity import preset, run_experiment
 from pmoe.models import THEORY_MODELS
 
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--workers", type=positive_int, help="parallel seeds (default: CPU cores)")
     t.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     t.set_defaults(func=run_prune_theory)
-    add_spurious(exp)
+    add_image_sweeps(exp)
     r = exp.add_parser("routing", help="discriminative routing over training: routers' hit rate of the class patch",
                        description=routing_dynamics.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--out", required=True, help="report folder")
@@ -53,22 +54,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_routing)
 
 
-def add_spurious(exp: argparse._SubParsersAction) -> None:
-    s = exp.add_parser("spurious", help="dense WRN vs WRN-pMoE under a spurious correlation: worst-group accuracy",
-                       description=spurious.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("--out", required=True, help="report folder (runs in OUT/runs)")
-    s.add_argument("--quick", action="store_true", help="about 3 minutes on 2 CPU cores instead of the GPU sweep")
-    s.add_argument("--data", choices=spurious.DATASETS, default=spurious.DATASETS[0], help="default: %(default)s")
-    s.add_argument("--data-dir", help="data folder (default: the data set's)")
-    s.add_argument("--models", nargs="+", metavar="PRESET", help="presets to compare, each optionally with "
-                   "overrides, e.g. wrn-tiny wrn-pmoe-tiny:l=2 (default: the tiny pair; CelebA: the paper's pair)")
-    s.add_argument("--samples", type=positive_int, nargs="+", help="the N grid (training images)")
-    s.add_argument("--test-samples", type=positive_int, help="a class-balanced subset of the test split")
-    s.add_argument("--seeds", type=positive_int, help="seeds per point")
-    s.add_argument("--epochs", type=positive_int, help="training epochs per run")
-    s.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")
-    s.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    s.set_defaults(func=run_spurious)
+def add_image_sweeps(exp: argparse._SubParsersAction) -> None:
+    """`image-samples` and `spurious`: sweeps of vision runs, one set of flags."""
+    for name, module, help_, data_help in (
+            ("image-samples", image_samples, "WRN vs WRN-pMoE: test accuracy against training images and FLOPs",
+             "image data set (default: fashion-patches-image; fashion-mnist: the CIFAR presets)"),
+            ("spurious", spurious, "dense WRN vs WRN-pMoE under a spurious correlation: worst-group accuracy",
+             f"one of {', '.join(spurious.DATASETS)} (default: {spurious.DATASETS[0]})")):
+        s = exp.add_parser(name, help=help_, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        s.add_argument("--out", required=True, help="report folder (runs in OUT/runs)")
+        s.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores instead of the GPU sweep")
+        s.add_argument("--data", help=data_help)
+        s.add_argument("--data-dir", help="data folder (default: the data set's)")
+        s.add_argument("--models", nargs="+", metavar="PRESET", help="presets to compare, the dense one first, each "
+                       "optionally with overrides, e.g. wrn-tiny wrn-pmoe-tiny:l=2")
+        s.add_argument("--samples", type=positive_int, nargs="+", help="the N grid (training images)")
+        s.add_argument("--test-samples", type=positive_int, help="a class-balanced subset of the test split")
+        s.add_argument("--seeds", type=positive_int, help="seeds per point")
+        s.add_argument("--epochs", type=positive_int, help="training epochs per run (at least)")
+        s.add_argument("--min-steps", type=int, help="optimizer steps per run at least: small N train more epochs "
+                       "(default: the preset's; 0: none)")
+        s.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")
+        s.add_argument("--workers", type=positive_int, default=1,
+                       help="runs trained at once, in worker processes (they share the GPU); default 1")
+        s.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+        s.set_defaults(func=partial(run_image_sweep, module))
+
+
+def run_image_sweep(module, args: argparse.Namespace) -> int:
+    cfg = module.preset(args.data, args.quick)
+    for name in ("data_dir", "models", "samples", "test_samples", "seeds", "epochs", "min_steps", "device"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    summary = module.run_experiment(cfg, args.out, args.workers, progress=not args.json)
+    emit(summary, args.json, [summary["report"], f"{summary['runs']} runs in {summary['seconds']} s; "
+                                                 f"report in {args.out}"])
+    return 0
 
 
 def _run(cfg, run_experiment_fn, args: argparse.Namespace) -> int:
@@ -91,19 +113,8 @@ def run_sample_complexity(args: argparse.Namespace) -> int:
 def run_prune_theory(args: argparse.Namespace) -> int:
     cfg = replace(pruning_theory.QUICK if args.quick else pruning_theory.FULL)
     cfg.seeds = args.seeds or cfg.seeds
-    summary = pruning_theory.run_experiment(cfg, args.out, args.workers)
+    summary = pruning_theory.run_experiment(cfg, args.out, args.workers, progress=not args.json)
     emit(summary, args.json, [summary["report"], f"{summary['seeds']} seeds in {summary['seconds']} s; "
-                                                 f"report in {args.out}"])
-    return 0
-
-
-def run_spurious(args: argparse.Namespace) -> int:
-    cfg = spurious.preset(args.data, args.quick)
-    for name in ("data_dir", "models", "samples", "test_samples", "seeds", "epochs", "device"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-    summary = spurious.run_experiment(cfg, args.out, progress=not args.json)
-    emit(summary, args.json, [summary["report"], f"{summary['runs']} runs in {summary['seconds']} s; "
                                                  f"report in {args.out}"])
     return 0
 

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from pmoe.data import PatchDataset, make_dataset
+from pmoe.experiments.runner import parallel_map
 from pmoe.io import atomic_path, write_json, write_text
 from pmoe.metrics import discriminative_routing, evaluate
 from pmoe.models import theory_config
@@ -99,7 +99,6 @@ def pretrain(cfg: PruneTheoryConfig, seed: int) -> nn.Module:
 
 def run_seed(cfg: PruneTheoryConfig, seed: int) -> dict:
     """Pretrain, fine-tune on pair 0, score and prune at every ratio; the record of one seed."""
-    torch.set_num_threads(1)  # one seed per core
     pretrained = pretrain(cfg, seed)
     ft_train = _data(cfg, "train", cfg.finetune_samples, 1000 * seed + 200, [0])
     ft_test = _data(cfg, "test", cfg.test_samples, 1000 * seed + 200, [0])
@@ -193,17 +192,13 @@ def report(cfg: PruneTheoryConfig, runs: list[dict], out: Path) -> str:
             + "):\n\n" + markdown_table(["pruned", "kept"] + cfg.methods, rows))
 
 
-def run_experiment(cfg: PruneTheoryConfig, out_dir: str | Path, workers: int | None = None) -> dict:
+def run_experiment(cfg: PruneTheoryConfig, out_dir: str | Path, workers: int | None = None,
+                   progress: bool = True) -> dict:
     """Run every seed (in parallel processes), write results.json, two PNG plots and results.md into out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    workers = min(workers or os.cpu_count() or 1, cfg.seeds)
-    if workers == 1:
-        runs = [run_seed(cfg, s) for s in range(cfg.seeds)]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            runs = list(pool.map(run_seed, [cfg] * cfg.seeds, range(cfg.seeds)))
+    runs = parallel_map(partial(run_seed, cfg), range(cfg.seeds), workers, progress, desc="seeds")
     text = report(cfg, runs, out)
     seconds = round(time.perf_counter() - start, 1)
     write_json(out / "results.json", {"config": asdict(cfg), "ratios": cfg.ratios, "seconds": seconds, "runs": runs})

@@ -1,15 +1,19 @@
 """Run many independent training runs, in parallel worker processes, with one progress bar."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable, Sequence, TypeVar
 
 import torch
 from tqdm.auto import tqdm
 
 from pmoe.runs import DataSpec, run
 from pmoe.train import TrainConfig
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -23,25 +27,39 @@ class Job:
 
 
 def _work(job: Job) -> dict:
-    torch.set_num_threads(1)  # small models: one thread per run, one run per core
     return {**job.tags, **run(job.model, job.data, job.train, job.model_options, progress=False,
                                 history=job.history)}
 
 
-def run_jobs(jobs: list[Job], workers: int | None = None, progress: bool = True) -> list[dict]:
-    """Results of `jobs`, in order. `workers` defaults to the number of CPU cores (1 runs in-process)."""
-    workers = workers or os.cpu_count() or 1
-    bar = tqdm(total=len(jobs), desc="runs", disable=not progress)
+def _share_cores(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def parallel_map(fn: Callable[[T], dict], items: Sequence[T], workers: int | None = None, progress: bool = True,
+                 desc: str = "runs") -> list[dict]:
+    """[fn(item) for item in items], in order, over `workers` processes (default: CPU cores; 1 runs in-process).
+
+    Workers are spawned (safe with CUDA: several runs share one GPU) and split the CPU cores between them; `fn` and
+    the items must pickle (a module-level function, or a functools.partial of one)."""
+    workers = min(workers or os.cpu_count() or 1, max(1, len(items)))
+    bar = tqdm(total=len(items), desc=desc, disable=not progress)
     if workers == 1:
         results = []
-        for job in jobs:
-            results.append(_work(job))
+        for item in items:
+            results.append(fn(item))
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_work, job) for job in jobs]
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_share_cores, initargs=(threads,)) as pool:
+            futures = [pool.submit(fn, item) for item in items]
             for f in futures:
                 f.add_done_callback(lambda _: bar.update())
             results = [f.result() for f in futures]
     bar.close()
     return results
+
+
+def run_jobs(jobs: list[Job], workers: int | None = None, progress: bool = True) -> list[dict]:
+    """Results of the theory runs `jobs`, in order, over `workers` processes (default: CPU cores)."""
+    return parallel_map(_work, jobs, workers, progress)

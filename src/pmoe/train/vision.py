@@ -26,7 +26,7 @@ from pmoe.train.evaluate import evaluate_images, task_loss
 from pmoe.train.optim import OptimConfig, make_optimizer, make_scheduler
 from pmoe.train.state import STATE, as_json, cpu_state, differences, load_state, rng_states, save_state, set_rng_states
 
-RUNTIME_FIELDS = ("device", "eval_batch_size", "num_workers")  # FitConfig fields a resumed run may change
+RUNTIME_FIELDS = ("device", "eval_batch_size", "num_workers", "eval_every")  # FitConfig fields a resumed run may change
 RESERVED = ("format", "version", "arch", "model", "fit", "progress")  # config.json sections fit writes itself
 
 
@@ -43,13 +43,14 @@ class FitConfig:
     device: str = "auto"  # auto -> cuda if available
     eval_batch_size: int = 512
     num_workers: int = 0  # DataLoader workers decoding file-backed data sets
+    eval_every: int = 1  # evaluate and checkpoint every this many epochs, and after the last step
 
     def __post_init__(self) -> None:
         if isinstance(self.optim, dict):  # as read back from config.json
             self.optim = OptimConfig(**self.optim)
-        check(self.epochs >= 1 and (self.max_steps is None or self.max_steps >= 1) and self.batch_size >= 1,
-              f"need epochs >= 1, max_steps >= 1 (or None), batch_size >= 1; got {self.epochs}, {self.max_steps}, "
-              f"{self.batch_size}")
+        check(self.epochs >= 1 and (self.max_steps is None or self.max_steps >= 1) and self.batch_size >= 1
+              and self.eval_every >= 1, f"need epochs >= 1, max_steps >= 1 (or None), batch_size >= 1, "
+              f"eval_every >= 1; got {self.epochs}, {self.max_steps}, {self.batch_size}, {self.eval_every}")
 
     def total_steps(self, num_samples: int) -> int:
         """Optimizer steps of a run on `num_samples` training samples: epochs, capped by max_steps."""
@@ -149,10 +150,11 @@ def fit(model: nn.Module, train_ds: ImageDataset, eval_ds: ImageDataset | None, 
         on_epoch: Callable[[dict], None] | None = None, checkpoint_meta: dict | None = None) -> list[dict]:
     """Train `model` in place on `train_ds`; returns one record per epoch (earlier sessions' too when resuming).
 
-    After every epoch, and at `cfg.max_steps` mid-epoch: evaluate on `eval_ds` (keys 'eval_*'; None: no evaluation),
-    record epoch, step, lr, train loss/accuracy, images/s and seconds, call `on_epoch(record)`, and with `out_dir`
-    write out_dir/train_state.pt (the whole state, atomically), then model.safetensors and config.json (sections
-    arch, model, fit, progress, and `checkpoint_meta`'s) and metrics.jsonl (the records). `resume=True` continues
+    After every epoch, and at `cfg.max_steps` mid-epoch: record epoch, step, lr, train loss/accuracy, images/s and
+    seconds, and call `on_epoch(record)`. After every `cfg.eval_every`-th epoch and the last step, before that:
+    evaluate on `eval_ds` (keys 'eval_*'; None: no evaluation), and with `out_dir` write out_dir/train_state.pt (the
+    whole state, atomically), then model.safetensors and config.json (sections arch, model, fit, progress, and
+    `checkpoint_meta`'s) and metrics.jsonl (the records). `resume=True` continues
     the run of out_dir, whose settings must equal these; a finished run is returned as it is.
     """
     settings = _settings(model, cfg, out_dir, checkpoint_meta)
@@ -174,7 +176,8 @@ def fit(model: nn.Module, train_ds: ImageDataset, eval_ds: ImageDataset | None, 
     while s.step < s.total:
         start = time.perf_counter()
         rec = {"epoch": s.batches.epoch + 1, **s.train_epoch(progress)}
-        if eval_ds is not None:
+        checkpoint = s.step >= s.total or rec["epoch"] % cfg.eval_every == 0
+        if eval_ds is not None and checkpoint:
             ev = evaluate_images(s.model, eval_ds, cfg.eval_batch_size, s.device, cfg.num_workers)
             rec.update({f"eval_{k}": v for k, v in ev.items()})
         s.seconds += time.perf_counter() - start
@@ -182,7 +185,7 @@ def fit(model: nn.Module, train_ds: ImageDataset, eval_ds: ImageDataset | None, 
         s.history.append(rec)
         if progress:
             print(" ".join(f"{k} {v:.4g}" for k, v in rec.items() if isinstance(v, (int, float))), file=sys.stderr)
-        if out is not None:
+        if out is not None and checkpoint:
             save_state(out, s.state(settings))
             _publish(out, s, settings)
         if on_epoch is not None:

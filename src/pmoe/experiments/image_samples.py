@@ -1,0 +1,78 @@
+"""WRN-pMoE against WRN as the training set grows (pMoE paper, CIFAR-10 and CelebA figures): test accuracy against
+the number of training images N and against the training FLOPs, mean ± std over seeds; and the fewest N with which
+each pMoE model reaches the dense model's accuracy at the largest N.
+
+Data: `fashion-patches-image` (default: the paper's MNIST canvases as 112x112 images of 4x4 Fashion-MNIST patches,
+one class patch, trouser vs ankle boot, 15 label-irrelevant patches), with `wrn-tiny` against `wrn-pmoe-tiny` built
+for 112x112 with regions of 7x7 on the 28x28 map, i.e. one region per canvas patch (n=16, l=2); or `fashion-mnist`
+with the paper's CIFAR pair (`wrn-cifar`, `wrn-pmoe-cifar`), or any image data set and presets. Training: SGD 0.1,
+momentum 0.9, weight decay 5e-4, cosine, batch 128; every run takes at least `min_steps` optimizer steps (small N
+train more epochs). Runs are saved in OUT/runs/MODEL/N<N>-seed<S> and resumed or read back on a re-run.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from pmoe.experiments.image_sweep import ImageSweepConfig, run_sweep, summarize
+from pmoe.io import write_json, write_text
+from pmoe.reports import line_plot, markdown_table
+
+CANVAS = ImageSweepConfig(data="fashion-patches-image", data_options={"num_samples": 5000},
+                          models=["wrn-tiny", "wrn-pmoe-tiny:region=7,l=2"], samples=[250, 500, 1000, 5000],
+                          test_samples=2000, seeds=3, epochs=20, min_steps=400, augment=False)
+FASHION = ImageSweepConfig(data="fashion-mnist", models=["wrn-cifar", "wrn-pmoe-cifar"],
+                           samples=[1000, 4000, 16000], seeds=2, epochs=15, min_steps=600)
+QUICK = ImageSweepConfig(data="fashion-mnist", models=["wrn-tiny", "wrn-pmoe-tiny"], model_options={"input_size": 28},
+                         samples=[250, 1000], test_samples=1000, seeds=2, epochs=2, min_steps=30, batch_size=64)
+PRESETS = {"fashion-patches-image": CANVAS, "fashion-mnist": FASHION}
+
+
+def preset(data: str | None, quick: bool) -> ImageSweepConfig:
+    """The quick CPU sweep, the named data set's sweep, or the canvas sweep's settings on another data set."""
+    if quick:
+        return replace(QUICK, **({"data": data} if data else {}))
+    return replace(PRESETS.get(data, CANVAS), **({"data": data} if data else {}))
+
+
+def report(cfg: ImageSweepConfig, results: list[dict], out: Path) -> str:
+    """Markdown table and two PNG plots (accuracy against N, against training FLOPs) in `out`."""
+    stats = summarize(results)
+    acc = {key: s["test_accuracy"] for key, s in stats.items()}
+    title = f"{cfg.data}: mean ± std over {cfg.seeds} seeds"
+    for name, x, label, logx in (("samples", lambda m, N: N, "training images N", True),
+                                 ("flops", lambda m, N: stats[m, N]["train_flops"], "training FLOPs", True)):
+        series = {m: ([x(m, N) for N in cfg.samples], [acc[m, N][0] for N in cfg.samples],
+                      [acc[m, N][1] for N in cfg.samples]) for m in cfg.models}
+        line_plot(out / f"accuracy_vs_{name}.png", series, label, "test accuracy", title, logx=logx)
+    epochs = {N: max(r["epochs"] for r in results if r["samples"] == N) for N in cfg.samples}
+    rows = [[N, epochs[N]] + [f"{acc[m, N][0]:.3f} ± {acc[m, N][1]:.3f} ({stats[m, N]['train_flops'] / 1e12:.2f})"
+                              for m in cfg.models] for N in cfg.samples]
+    text = markdown_table(["N", "epochs"] + [f"{m} (training TFLOPs)" for m in cfg.models], rows)
+    base, top = cfg.models[0], max(cfg.samples)
+    for m in cfg.models[1:]:
+        match = next((N for N in cfg.samples if acc[m, N][0] >= acc[base, top][0]), None)
+        text += (f"\n{m} reaches {base}'s accuracy at N={top} ({acc[base, top][0]:.3f}) with "
+                 + (f"N={match}, at {stats[m, match]['train_flops'] / stats[base, top]['train_flops']:.2f}x its "
+                    "training FLOPs." if match else "none of the sizes tried."))
+    flops = {r["model"]: r["flops_per_image"] for r in results}
+    params = {r["model"]: r["params"] for r in results}
+    return text + "\n\n" + markdown_table(["model", "parameters", "forward MFLOPs / image"],
+                                          [[m, params[m], f"{flops[m] / 1e6:.1f}"] for m in cfg.models])
+
+
+def run_experiment(cfg: ImageSweepConfig, out_dir: str | Path, workers: int = 1, progress: bool = True) -> dict:
+    """Train every model, N and seed into out_dir/runs (`workers` at a time); write results.json,
+    accuracy_vs_samples.png, accuracy_vs_flops.png and results.md there."""
+    out, start = Path(out_dir), time.perf_counter()
+    results = run_sweep(cfg, out, workers, progress)
+    text = report(cfg, results, out)
+    seconds = round(time.perf_counter() - start, 1)
+    write_json(out / "results.json", {"config": asdict(cfg), "seconds": seconds, "runs": results})
+    write_text(out / "results.md", f"# Accuracy against training-set size ({cfg.data})\n\n"
+                                   "![accuracy vs N](accuracy_vs_samples.png) ![accuracy vs FLOPs]"
+                                   f"(accuracy_vs_flops.png)\n\n{text}\nConfig: `{json.dumps(asdict(cfg))}`\n\n"
+                                   f"Wall time: {seconds} s.\n")
+    return {"data": cfg.data, "seconds": seconds, "runs": len(results), "report": text, "out": str(out)}

@@ -1,0 +1,125 @@
+"""Sweeps of vision runs: every model preset x training-set size N x seed on one image data set, trained in parallel
+worker processes (several share a GPU), each run saved in OUT/runs/MODEL/N<N>-seed<S> and resumed or read back when
+the sweep is run again with the same flags (a finished run's config.json alone is enough to read it back). Shared by
+`pmoe experiment image-samples` and `pmoe experiment spurious`.
+
+Training FLOPs of a run: 3 x the forward FLOPs of one image (matmuls and convolutions, counted by torch's
+FlopCounterMode in eval mode; backward taken as twice the forward) x the training images it saw (epochs x N).
+The runs' records carry the number of epochs trained.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+from pmoe.errors import check
+from pmoe.experiments.runner import parallel_map
+from pmoe.models.presets import PRESETS
+from pmoe.options import parse_spec
+from pmoe.prune.cost import forward_flops
+from pmoe.reports import mean_std
+from pmoe.train import FitConfig, OptimConfig
+from pmoe.checkpoints import read_config
+from pmoe.train.image_runs import ImageDataSpec, build_for_data, finished, train_preset
+from pmoe.train.state import STATE, as_json, differences
+from pmoe.train.vision import RUNTIME_FIELDS
+
+
+@dataclass
+class ImageSweepConfig:
+    data: str = "fashion-mnist"  # a key of IMAGE_DATASETS
+    data_options: dict = field(default_factory=dict)  # fields of the data set's config (e.g. num_samples)
+    data_dir: str | None = None  # None: the data set's default folder
+    models: list[str] = field(default_factory=lambda: ["wrn-tiny", "wrn-pmoe-tiny"])  # presets, "name:key=value,.."
+    model_options: dict = field(default_factory=dict)  # preset fields for every model (a spec's own win)
+    samples: list[int] = field(default_factory=lambda: [1000, 4000])  # N grid: class-balanced training subsets
+    test_samples: int | None = None  # a class-balanced subset of the test split; None: all of it
+    seeds: int = 3
+    epochs: int = 20
+    min_steps: int = 0  # a run of N images trains max(epochs, ceil(min_steps / (N // batch_size))) epochs,
+    # evaluated (and checkpointed) about `epochs` times
+    batch_size: int = 128
+    optimizer: str = "sgd"  # sgd | adamw (OptimConfig)
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    warmup_steps: int = 0
+    augment: bool = True  # random crop (4 px padding) and flip
+    device: str = "auto"
+
+    def epochs_for(self, samples: int) -> int:
+        return max(self.epochs, -(-self.min_steps // max(1, samples // self.batch_size)))
+
+    def fit_config(self, samples: int, seed: int) -> FitConfig:
+        optim = OptimConfig(name=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
+                            warmup_steps=self.warmup_steps)
+        epochs = self.epochs_for(samples)
+        return FitConfig(epochs=epochs, batch_size=self.batch_size, optim=optim, augment=self.augment, seed=seed,
+                         device=self.device, eval_every=max(1, epochs // self.epochs))
+
+    def data_spec(self, samples: int | None) -> ImageDataSpec:
+        return ImageDataSpec(self.data, self.data_dir, samples, self.test_samples, options=dict(self.data_options))
+
+
+def parse_model(spec: str) -> tuple[str, dict]:
+    """'wrn-pmoe-tiny:l=2,gate=hard' -> ('wrn-pmoe-tiny', {'l': 2, 'gate': 'hard'}): a preset and its overrides."""
+    return parse_spec(spec, sorted(PRESETS), kind="preset")
+
+
+def run_dir(out: Path, spec: str, samples: int, seed: int) -> Path:
+    return out / "runs" / re.sub(r"[^\w.=-]+", "_", spec) / f"N{samples}-seed{seed}"
+
+
+def run_one(cfg: ImageSweepConfig, out: Path, job: tuple[str, int, int]) -> dict:
+    """Train (or resume, or read back) run `job` = (model spec, N, seed); its record."""
+    spec, samples, seed = job
+    name, overrides = parse_model(spec)
+    path, fit_cfg, data = run_dir(out, spec, samples, seed), cfg.fit_config(samples, seed), cfg.data_spec(samples)
+    if finished(path) and "result" in read_config(path):  # read back; weights and state need not be there
+        saved = read_config(path)
+        keep = lambda fit: {k: v for k, v in fit.items() if k not in RUNTIME_FIELDS}  # noqa: E731
+        diff = differences({"fit": keep(saved["fit"]), "data": saved["data"]},
+                           as_json({"fit": keep(asdict(fit_cfg)), "data": asdict(data)}))
+        check(not diff, f"the finished run in {path} was made with other settings; run the sweep into another "
+                        f"folder. Differences (saved -> now): {'; '.join(diff)}")
+        r = saved["result"]
+    else:
+        r = train_preset(name, data, fit_cfg, path, {**cfg.model_options, **overrides},
+                         resume=(path / STATE).exists(), progress=False)
+    keys = ("epochs", "test_accuracy", "worst_group_accuracy", "group_accuracy", "train_accuracy", "params", "seconds",
+            "images_per_second", "device")
+    return {"model": spec, "samples": samples, "seed": seed, **{k: r[k] for k in keys if k in r}, "dir": str(path)}
+
+
+def image_flops(cfg: ImageSweepConfig, spec: str) -> int:
+    """Forward FLOPs of `spec` on one test image of the sweep's data (CPU, eval mode)."""
+    name, overrides = parse_model(spec)
+    ds = cfg.data_spec(None).make("test")
+    model = build_for_data(name, ds, {**cfg.model_options, **overrides})
+    return forward_flops(model, ds[0][0][None].float())  # (1, C, H, W)
+
+
+def run_sweep(cfg: ImageSweepConfig, out_dir: str | Path, workers: int = 1, progress: bool = True) -> list[dict]:
+    """Every (model, N, seed) run of `cfg` under out_dir/runs, `workers` at a time; their records, each with
+    'train_flops'."""
+    check(cfg.seeds >= 1 and len(cfg.samples) > 0 and len(cfg.models) > 0,
+          "need at least one seed, one sample size and one model")
+    for spec in cfg.models:
+        parse_model(spec)  # refuse a bad spec before training anything
+    flops = {spec: image_flops(cfg, spec) for spec in cfg.models}
+    jobs = [(m, N, seed) for N in cfg.samples for m in cfg.models for seed in range(cfg.seeds)]
+    results = parallel_map(partial(run_one, cfg, Path(out_dir)), jobs, workers, progress)
+    for r in results:
+        r["flops_per_image"] = flops[r["model"]]
+        r["train_flops"] = 3 * flops[r["model"]] * r["epochs"] * r["samples"]
+    return results
+
+
+def summarize(results: list[dict], metrics: tuple[str, ...] = ("test_accuracy",)) -> dict[tuple[str, int], dict]:
+    """(model, N) -> {metric: (mean, std) over seeds} for each of `metrics`, plus 'runs' and 'train_flops'."""
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for r in results:
+        runs.setdefault((r["model"], r["samples"]), []).append(r)
+    return {key: {**{m: mean_std([r[m] for r in rs]) for m in metrics}, "runs": len(rs),
+                  "train_flops": rs[0]["train_flops"]} for key, rs in runs.items()}
