@@ -1,11 +1,13 @@
 """`pmoe prune-sweep FINETUNED_DIR --pretrained PRETRAINED_DIR --methods ... --ratios ... --out DIR`: test accuracy
 of every method at every pruning ratio, before and after a post-pruning fine-tune; writes results.json,
-accuracy_vs_ratio.png (one line per method) and results.md (with parameter, FLOP and measured latency savings)."""
+accuracy_vs_ratio.png (one line per method) and results.md (with parameter, FLOP and measured latency savings).
+`pmoe prune-combine SWEEP_DIR SWEEP_DIR ... --out DIR`: mean ± std of such sweeps (e.g. one per seed)."""
 from __future__ import annotations
 
 import argparse
 
 from pmoe.cli.common import emit
+from pmoe.prune.combine import combine_sweeps
 from pmoe.cli.prune import add_prune_args, finetune_config
 from pmoe.prune.scores import METHODS
 from pmoe.prune.sweep import SweepConfig, prune_sweep
@@ -21,10 +23,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ratios", nargs="+", type=float, default=d.ratios, metavar="R",
                    help=f"fractions of experts pruned per layer (default: {' '.join(map(str, d.ratios))})")
     p.set_defaults(func=run)
+    c = sub.add_parser("prune-combine", help="mean ± std over seeds of several prune-sweep reports",
+                       description=combine_sweeps.__doc__)
+    c.add_argument("sweeps", nargs="+", metavar="SWEEP_DIR", help="prune-sweep report folders of the same settings")
+    c.add_argument("--out", required=True, help="output folder (must not exist, unless --overwrite)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    c.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    c.set_defaults(func=run_combine)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = SweepConfig(args.methods, args.ratios, args.mode, args.seed, args.calib_samples, finetune_config(args))
     summary = prune_sweep(args.finetuned, args.pretrained, cfg, args.out, args.overwrite, args.device)
     emit(summary, args.json, [summary["report"], f"{summary['seconds']} s; report in {args.out}"])
+    return 0
+
+
+def run_combine(args: argparse.Namespace) -> int:
+    summary = combine_sweeps(args.sweeps, args.out, args.overwrite)
+    emit(summary, args.json, [summary["report"], f"{summary['sweeps']} sweeps; report in {args.out}"])
     return 0
