@@ -32,7 +32,7 @@ def test_small_training_sets_train_more_epochs_and_evaluate_about_epochs_times()
 def test_presets():
     assert preset(None, quick=False).data == CANVAS.data == "fashion-patches-image"
     assert preset("fashion-mnist", quick=False).models == ["wrn-cifar", "wrn-pmoe-cifar"]
-    assert preset("mnist", quick=True).data == "mnist" and preset("mnist", quick=True).epochs == 2
+    assert preset("mnist", quick=True).data == "mnist" and preset("mnist", quick=True).epochs == 5
 
 
 def test_image_samples_writes_json_pngs_table_and_reads_finished_runs_back(tmp_path, capsys):

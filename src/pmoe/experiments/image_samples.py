@@ -26,7 +26,7 @@ CANVAS = ImageSweepConfig(data="fashion-patches-image", data_options={"num_sampl
 FASHION = ImageSweepConfig(data="fashion-mnist", models=["wrn-cifar", "wrn-pmoe-cifar"],
                            samples=[1000, 4000, 16000], seeds=2, epochs=15, min_steps=600)
 QUICK = ImageSweepConfig(data="fashion-mnist", models=["wrn-tiny", "wrn-pmoe-tiny"], model_options={"input_size": 28},
-                         samples=[250, 1000], test_samples=1000, seeds=2, epochs=2, min_steps=30, batch_size=64)
+                         samples=[500, 2000], test_samples=1000, seeds=2, epochs=5, min_steps=100, batch_size=64)
 PRESETS = {"fashion-patches-image": CANVAS, "fashion-mnist": FASHION}
 
 

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU parts of REPRODUCTION.md (sections 4, 5, 6) and README's ViT figure, run at once on one GPU (the jobs share
+# it; the sweeps train several runs at a time). Results land under OUT; the sweeps resume when run again.
+#   bash examples/reproduce_gpu.sh OUT [PART...]     PART: canvas fashion spurious prune (default: all)
+# Environment: LIMIT (stop every job this many seconds after the start; default none), SEEDS (seeds of the pruning
+# pipelines; default "0"). Runs as `python3 -m pmoe.cli`: install pmoe or set PYTHONPATH=src.
+set -u
+out=${1:?usage: reproduce_gpu.sh OUT [canvas] [fashion] [spurious] [prune]}
+shift
+parts=${*:-canvas fashion spurious prune}
+deadline=$((SECONDS + ${LIMIT:-0}))
+pmoe() {  # the CLI, stopped at the deadline (LIMIT seconds after the start) if LIMIT is set
+  if [[ ${LIMIT:-0} == 0 ]]; then python3 -m pmoe.cli "$@"; return; fi
+  local left=$((deadline - SECONDS))
+  ((left > 0)) && timeout "$left" python3 -m pmoe.cli "$@"
+}
+has() { [[ " $parts " == *" $1 "* ]]; }
+mkdir -p "$out"
+
+# Section 4: WRN vs WRN-pMoE against N on the patch canvases and on Fashion-MNIST (the paper's CIFAR pair).
+has canvas && pmoe experiment image-samples --data fashion-patches-image --workers 4 --out "$out/image-samples-canvas" \
+    >"$out/image-samples-canvas.log" 2>&1 &
+has fashion && pmoe experiment image-samples --data fashion-mnist --workers 2 --out "$out/image-samples-fashion" \
+    >"$out/image-samples-fashion.log" 2>&1 &
+# Section 5: spurious correlation, Fashion-MNIST construction.
+has spurious && pmoe experiment spurious --samples 1000 4000 --seeds 3 --workers 2 --out "$out/spurious" \
+    >"$out/spurious.log" 2>&1 &
+# Section 6 (and README's ViT-MoE on Fashion-MNIST): pretrain on the 10 classes with 8 experts per MoE layer,
+# fine-tune on a 2-class task, prune 2, 4 and 6 of the 8 experts per layer with every criterion.
+if has prune; then
+  for model in vit-moe-tiny e3-tiny; do
+    for seed in ${SEEDS:-0}; do
+      d="$out/prune-$model-seed$seed"
+      ( pmoe train --model "$model" --model-opt experts=8 --data fashion-mnist --optimizer adamw --lr 1e-3 \
+            --weight-decay 0.05 --warmup-steps 500 --epochs 30 --batch-size 256 --seed "$seed" --json --out "$d/pre" &&
+        pmoe finetune "$d/pre" --data fashion-spurious --data-opt train_ratio=0.5 --data-opt test_ratio=0.5 \
+            --epochs 4 --batch-size 128 --optimizer adamw --lr 3e-4 --warmup-steps 50 --seed "$seed" --json \
+            --out "$d/ft" &&
+        pmoe prune-sweep "$d/ft" --pretrained "$d/pre" --ratios 0.25 0.5 0.75 --finetune-steps 200 --seed "$seed" \
+            --methods router-norm-change random router-norm frequency gate-mass saliency --json --out "$d/sweep"
+      ) >"$out/prune-$model-seed$seed.log" 2>&1 &
+    done
+  done
+fi
+wait
