@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU parts of REPRODUCTION.md (sections 4, 5, 6) and README's ViT figure, run at once on one GPU (the jobs share
-# it; the sweeps train several runs at a time). Results land under OUT; the sweeps resume when run again.
+# The GPU-sized parts of REPRODUCTION.md (sections 4, 5, 6), run at once on one GPU (the jobs share it; the sweeps
+# train several runs at a time); on a CPU they run too, slowly. Results land under OUT; the sweeps resume when run
+# again.
 #   bash examples/reproduce_gpu.sh OUT [PART...]     PART: canvas fashion spurious prune (default: all)
 # Environment: LIMIT (stop every job this many seconds after the start; default none), SEEDS (seeds of the pruning
-# pipelines; default "0"). Runs as `python3 -m pmoe.cli`: install pmoe or set PYTHONPATH=src.
+# pipelines; default "0"), TASKS (their fine-tuning tasks; default "tops footwear"). Runs as `python3 -m pmoe.cli`: install pmoe or set PYTHONPATH=src.
 set -u
 out=${1:?usage: reproduce_gpu.sh OUT [canvas] [fashion] [spurious] [prune]}
 shift
@@ -25,19 +26,28 @@ has fashion && pmoe experiment image-samples --data fashion-mnist --workers 2 --
 # Section 5: spurious correlation, Fashion-MNIST construction.
 has spurious && pmoe experiment spurious --samples 1000 4000 --seeds 3 --workers 2 --out "$out/spurious" \
     >"$out/spurious.log" 2>&1 &
-# Section 6 (and README's ViT-MoE on Fashion-MNIST): pretrain on the 10 classes with 8 experts per MoE layer,
-# fine-tune on a 2-class task, prune 2, 4 and 6 of the 8 experts per layer with every criterion.
+# Section 6: pretrain on the 10 classes with 8 experts per MoE layer; fine-tune on each task of TASKS (tops: Coat,
+# Shirt vs T-shirt/top, Pullover; footwear: Sandal, Sneaker, Ankle boot); prune 2, 4 and 6 of the 8 experts per layer
+# with every criterion, before and after a 200-step fine-tune.
 if has prune; then
   for model in vit-moe-tiny e3-tiny; do
     for seed in ${SEEDS:-0}; do
       d="$out/prune-$model-seed$seed"
-      ( pmoe train --model "$model" --model-opt experts=8 --data fashion-mnist --optimizer adamw --lr 1e-3 \
-            --weight-decay 0.05 --warmup-steps 500 --epochs 30 --batch-size 256 --seed "$seed" --json --out "$d/pre" &&
-        pmoe finetune "$d/pre" --data fashion-spurious --data-opt train_ratio=0.5 --data-opt test_ratio=0.5 \
-            --epochs 4 --batch-size 128 --optimizer adamw --lr 3e-4 --warmup-steps 50 --seed "$seed" --json \
-            --out "$d/ft" &&
-        pmoe prune-sweep "$d/ft" --pretrained "$d/pre" --ratios 0.25 0.5 0.75 --finetune-steps 200 --seed "$seed" \
-            --methods router-norm-change random router-norm frequency gate-mass saliency --json --out "$d/sweep"
+      (
+        pmoe train --model "$model" --model-opt experts=8 --data fashion-mnist --epochs 8 --batch-size 256 \
+            --optimizer adamw --lr 1e-3 --warmup-steps 200 --seed "$seed" --json --out "$d/pre" || exit
+        for task in ${TASKS:-tops footwear}; do
+          case $task in
+            tops) data=(--data fashion-spurious --data-opt train_ratio=0.5 --data-opt test_ratio=0.5) ;;
+            footwear) data=(--data fashion-mnist --data-opt 'class_subset=[5,7,9]') ;;
+            *) echo "unknown task $task" >&2; exit 2 ;;
+          esac
+          pmoe finetune "$d/pre" "${data[@]}" --epochs 4 --batch-size 128 --optimizer adamw --lr 3e-4 \
+              --warmup-steps 50 --seed "$seed" --json --out "$d/$task/ft" &&
+          pmoe prune-sweep "$d/$task/ft" --pretrained "$d/pre" --ratios 0.25 0.5 0.75 --finetune-steps 200 \
+              --methods router-norm-change random router-norm frequency gate-mass saliency --seed "$seed" --json \
+              --out "$d/$task/sweep"
+        done
       ) >"$out/prune-$model-seed$seed.log" 2>&1 &
     done
   done

@@ -317,6 +317,21 @@ def test_val_hold_out_is_stratified_disjoint_and_seeded(tmp_path):
     assert kept.tolist() == list(range(10)) and held.numel() == 0
 
 
+def test_class_subset_relabels_in_the_given_order_after_the_val_hold_out(tmp_path):
+    folder = fake_idx(tmp_path, gz=False, per_class=10)  # image i of the train split has label i % 10
+    opts = {"data_dir": folder, "val_fraction": 0.2}
+    full_val = make_image_dataset("fashion-mnist", "val", **opts)
+    val = make_image_dataset("fashion-mnist", "val", **opts, class_subset=[9, 5])
+    assert val.classes == ["Ankle boot", "Sandal"] and val.meta["classes"] == [9, 5]
+    expected = full_val.labels[(full_val.labels == 9) | (full_val.labels == 5)]
+    assert val.labels.tolist() == [0 if c == 9 else 1 for c in expected.tolist()]  # order and hold-out kept
+    assert val.mean == full_val.mean and len(make_image_dataset("fashion-mnist", "test", data_dir=folder,
+                                                                class_subset=[1, 2, 3])) == 30
+    for bad in ([9, 10], [3, 3], [4]):
+        with pytest.raises(PmoeError, match=r"class_subset must be 2 or more distinct label indices in \[0, 10\)"):
+            make_image_dataset("fashion-mnist", "test", data_dir=folder, class_subset=bad)
+
+
 def test_balanced_subset():
     ds = in_memory(n_per_class=10, classes=3)
     sub = balanced_subset(ds, 8, seed=1)

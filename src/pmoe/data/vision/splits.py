@@ -1,6 +1,7 @@
 """Seeded, per-class splits and subsets: the val hold-out of formats without one, and subsets of N samples."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,21 +53,45 @@ def balanced_subset(ds: ImageDataset, num_samples: int, seed: int = 0) -> ImageD
     return ds.subset(torch.cat([p[:k] for p, k in zip(perms, counts.tolist())]).sort().values)
 
 
+def select_classes(ds: ImageDataset, classes: tuple[int, ...]) -> ImageDataset:
+    """The samples of `classes` (label indices of `ds`), relabelled 0, 1, ... in the order given; the
+    normalisation statistics stay those of `ds`."""
+    check(len(classes) >= 2 and len(set(classes)) == len(classes)
+          and all(isinstance(c, int) and 0 <= c < ds.num_classes for c in classes),
+          f"class_subset must be 2 or more distinct label indices in [0, {ds.num_classes}) "
+          f"({', '.join(f'{i}: {n}' for i, n in enumerate(ds.classes))}), got {list(classes)}")
+    remap = torch.full((ds.num_classes,), -1, dtype=torch.long)
+    remap[list(classes)] = torch.arange(len(classes))
+    sub = ds.subset(remap[ds.labels] >= 0)
+    out = dataclasses.replace(sub, labels=remap[sub.labels], classes=[ds.classes[c] for c in classes])
+    out.meta.update(classes=list(classes))
+    return out
+
+
 @dataclass
 class SplitConfig:
-    """The val split of a format that has none: a stratified, seeded hold-out of its train split."""
+    """The val split of a format that has none: a stratified, seeded hold-out of its train split; and a subset of
+    its classes."""
 
     # Share of each class of the official train split held out as 'val'. Default 0: 'train' is the whole official
     # train split (as the paper trains) and asking for 'val' is an error; train and val must use the same values.
     val_fraction: float = 0.0
     split_seed: int = 0  # seed of the hold-out
+    class_subset: tuple[int, ...] = ()  # keep these classes only, relabelled 0, 1, ... in this order; () = all
 
     def __post_init__(self) -> None:
         check(0 <= self.val_fraction < 1, f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        self.class_subset = tuple(self.class_subset)  # JSON and the CLI give a list
 
 
 def train_val_test(load: Callable[[str], ImageDataset], split: str, cfg: SplitConfig) -> ImageDataset:
-    """Split `split` of a format whose `load(split)` knows 'train' and 'test' only; 'val' is carved from train."""
+    """Split `split` of a format whose `load(split)` knows 'train' and 'test' only; 'val' is carved from train
+    (before `cfg.class_subset` is selected, so the hold-out does not depend on it)."""
+    ds = _split(load, split, cfg)
+    return select_classes(ds, cfg.class_subset) if cfg.class_subset else ds
+
+
+def _split(load: Callable[[str], ImageDataset], split: str, cfg: SplitConfig) -> ImageDataset:
     check(split in SPLITS, f"split must be one of {SPLITS}, got {split!r}")
     if split == "test":
         return load("test")
