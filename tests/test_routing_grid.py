@@ -134,6 +134,19 @@ def test_route_png_for_a_vit_moe_checkpoint(tmp_path, capsys):
     assert "layer must be in -2..1" in capsys.readouterr().err
 
 
+def test_route_reports_class_patch_hits_on_canvas_images(tmp_path, capsys):
+    arch, cfg = preset("wrn-pmoe-tiny", in_channels=1, num_classes=2, image_size=112, region=7, l=2)
+    model = build_preset("wrn-pmoe-tiny", in_channels=1, num_classes=2, image_size=112, region=7, l=2)
+    save_checkpoint(tmp_path / "wrn", model, arch, dataclasses.asdict(cfg), preset="wrn-pmoe-tiny",
+                    data=dataclasses.asdict(ImageDataSpec("fashion-patches-image", options={"num_samples": 20})))
+    assert main(["route", str(tmp_path / "wrn"), "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["class_patch"]
+    assert abs(hits["chance"] - 2 / 16) < 1e-6  # 7x7 regions of the 28x28 map are the canvas patches; l = 2
+    assert len(hits["per_expert"]) == 4 and 0 <= hits["best_expert"] <= 1
+    assert main(["route", str(tmp_path / "wrn")]) == 0
+    assert "class patch covered by the best expert of each class" in capsys.readouterr().out
+
+
 def test_route_png_refuses_a_dense_vision_checkpoint(tmp_path, capsys):
     save_vision(tmp_path / "wrn", "wrn-tiny")
     assert main(["route", str(tmp_path / "wrn"), "--png", str(tmp_path / "x.png")]) == 2

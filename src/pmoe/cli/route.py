@@ -2,8 +2,8 @@
 
 Theory checkpoints (pmoe, pmoe-separate): how often each expert picks the class-discriminative patch, against chance
 l/n. Vision checkpoints (WRN-pMoE, ViT-MoE, E3): per class, the share of test images in which each expert of one MoE
-layer takes each cell (a ViT patch, a region of WRN-pMoE's feature map), most taken first. `--png PATH` draws, for
-both, each expert's cells on example test images of every class, beside per-class heat maps of those shares."""
+layer takes each cell (a ViT patch, a region of WRN-pMoE's feature map), most taken first; on the patch-canvas
+images also how often each expert's cells cover the class patch, against chance. `--png PATH` draws, for both, each expert's cells on example test images of every class, beside per-class heat maps of those shares."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from pmoe.analysis import ExpertCells, draw_routing_grid, examples_per_class, expert_cells, layer_index, pick_frequency
+from pmoe.analysis.hits import class_patch_hits
 from pmoe.checkpoints import load_checkpoint, read_config
 from pmoe.cli.common import emit, positive_int, refuse_flags
 from pmoe.data.patches import canvas_image
@@ -100,5 +101,12 @@ def _vision(args: argparse.Namespace) -> tuple[dict, list[str]]:
         lines.append(f"expert {s}   " + "   ".join(f"{ds.classes[c][:16]}: " + " ".join(
             f"({i // gw},{i % gw}) {v:.2f}" for v, i in zip(t.values.tolist(), t.indices.tolist()))
             for c, t in enumerate(top)))
-    return {"model": name, "data": data, "layer": layer, "experts": k, "grid": [gh, gw], "cell": cells.cell,
-            "offset": cells.offset, "images": len(ds), "classes": ds.classes, "frequency": freq.tolist()}, lines
+    result = {"model": name, "data": data, "layer": layer, "experts": k, "grid": [gh, gw], "cell": cells.cell,
+              "offset": cells.offset, "images": len(ds), "classes": ds.classes, "frequency": freq.tolist()}
+    if "disc_pos" in ds.attributes:  # canvases: how often the experts' cells cover the class patch
+        hits = class_patch_hits(model, ds, layer, BATCH, device)
+        lines.append(f"class patch covered by the best expert of each class in {hits['best_expert']:.3f} of the test "
+                     f"canvases (chance {hits['chance']:.3f}); per expert: "
+                     + " ".join(f"{h:.3f}" for h in hits["per_expert"]))
+        result["class_patch"] = hits
+    return result, lines
