@@ -1,11 +1,13 @@
 """Sweeps of vision runs (`pmoe experiment image-samples`, shared with `spurious`) and the parallel runner."""
 import json
+from dataclasses import replace
 
 import pytest
 
 from pmoe.cli import main
+from pmoe.errors import PmoeError
 from pmoe.experiments.image_samples import CANVAS, preset
-from pmoe.experiments.image_sweep import ImageSweepConfig, image_flops
+from pmoe.experiments.image_sweep import ImageSweepConfig, build_for_sweep, run_sweep
 from pmoe.experiments.runner import parallel_map
 
 TINY = ["--quick", "--samples", "64", "128", "--test-samples", "100", "--seeds", "1", "--epochs", "1",
@@ -41,7 +43,7 @@ def test_image_samples_writes_json_pngs_table_and_reads_finished_runs_back(tmp_p
     results = json.loads((tmp_path / "results.json").read_text())
     assert summary["runs"] == len(results["runs"]) == 4
     cfg = preset(None, quick=True)
-    flops = {m: image_flops(cfg, m) for m in cfg.models}
+    flops = {m: build_for_sweep(cfg, m)[1] for m in cfg.models}
     assert flops["wrn-pmoe-tiny"] < flops["wrn-tiny"]  # the pMoE group runs on l of n regions only
     for r in results["runs"]:
         assert r["epochs"] == 1 and 0 <= r["test_accuracy"] <= 1
@@ -64,6 +66,9 @@ def test_image_samples_writes_json_pngs_table_and_reads_finished_runs_back(tmp_p
     two_epochs = ["2" if a == "1" and TINY[i - 1] == "--epochs" else a for i, a in enumerate(TINY)]
     assert main(["experiment", "image-samples", "--out", str(tmp_path), *two_epochs]) == 2
     assert "fit.epochs: 1 -> 2" in capsys.readouterr().err
+    other_model = replace(cfg, samples=[64, 128], test_samples=100, seeds=1, epochs=1, min_steps=0, model_options={})
+    with pytest.raises(PmoeError, match="model.image_size: 32 -> 28"):  # built for 28x28 instead of padding to 32
+        run_sweep(other_model, tmp_path, progress=False)
 
 
 @pytest.mark.parametrize("args,message", [(["--models", "wrn-tiny", "vit-huge"], "unknown preset 'vit-huge'"),

@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
+from torch import nn
+
+from pmoe.checkpoints import read_config
 from pmoe.errors import check
 from pmoe.experiments.runner import parallel_map
 from pmoe.models.presets import PRESETS
@@ -21,10 +24,9 @@ from pmoe.options import parse_spec
 from pmoe.prune.cost import forward_flops
 from pmoe.reports import mean_std
 from pmoe.train import FitConfig, OptimConfig
-from pmoe.checkpoints import read_config
 from pmoe.train.image_runs import ImageDataSpec, build_for_data, finished, train_preset
 from pmoe.train.state import STATE, as_json, differences
-from pmoe.train.vision import RUNTIME_FIELDS
+from pmoe.train.vision import RUNTIME_FIELDS, model_spec
 
 
 @dataclass
@@ -75,44 +77,55 @@ def run_one(cfg: ImageSweepConfig, out: Path, job: tuple[str, int, int]) -> dict
     """Train (or resume, or read back) run `job` = (model spec, N, seed); its record."""
     spec, samples, seed = job
     name, overrides = parse_model(spec)
-    path, fit_cfg, data = run_dir(out, spec, samples, seed), cfg.fit_config(samples, seed), cfg.data_spec(samples)
+    path = run_dir(out, spec, samples, seed)
     if finished(path) and "result" in read_config(path):  # read back; weights and state need not be there
-        saved = read_config(path)
-        keep = lambda fit: {k: v for k, v in fit.items() if k not in RUNTIME_FIELDS}  # noqa: E731
-        diff = differences({"fit": keep(saved["fit"]), "data": saved["data"]},
-                           as_json({"fit": keep(asdict(fit_cfg)), "data": asdict(data)}))
-        check(not diff, f"the finished run in {path} was made with other settings; run the sweep into another "
-                        f"folder. Differences (saved -> now): {'; '.join(diff)}")
-        r = saved["result"]
+        r = read_config(path)["result"]
     else:
-        r = train_preset(name, data, fit_cfg, path, {**cfg.model_options, **overrides},
-                         resume=(path / STATE).exists(), progress=False)
+        r = train_preset(name, cfg.data_spec(samples), cfg.fit_config(samples, seed), path,
+                         {**cfg.model_options, **overrides}, resume=(path / STATE).exists(), progress=False)
     keys = ("epochs", "test_accuracy", "worst_group_accuracy", "group_accuracy", "train_accuracy", "params", "seconds",
             "images_per_second", "device")
     return {"model": spec, "samples": samples, "seed": seed, **{k: r[k] for k in keys if k in r}, "dir": str(path)}
 
 
-def image_flops(cfg: ImageSweepConfig, spec: str) -> int:
-    """Forward FLOPs of `spec` on one test image of the sweep's data (CPU, eval mode)."""
+def check_finished(cfg: ImageSweepConfig, out: Path, job: tuple[str, int, int], model: nn.Module) -> None:
+    """Refuse a finished run of `job` in `out` made with other fit, data or model settings than `cfg` gives."""
+    spec, samples, seed = job
+    path = run_dir(out, spec, samples, seed)
+    if not finished(path):
+        return
+    saved = read_config(path)
+    keep = lambda fit: {k: v for k, v in fit.items() if k not in RUNTIME_FIELDS}  # noqa: E731
+    diff = differences({"fit": keep(saved["fit"]), "data": saved["data"], "model": saved["model"]},
+                       as_json({"fit": keep(asdict(cfg.fit_config(samples, seed))),
+                                "data": asdict(cfg.data_spec(samples)), "model": model_spec(model)[1]}))
+    check(not diff, f"the finished run in {path} was made with other settings; run the sweep into another "
+                    f"folder. Differences (saved -> now): {'; '.join(diff)}")
+
+
+def build_for_sweep(cfg: ImageSweepConfig, spec: str) -> tuple[nn.Module, int]:
+    """The model of `spec` for the sweep's data, and its forward FLOPs on one test image (CPU, eval mode)."""
     name, overrides = parse_model(spec)
     ds = cfg.data_spec(None).make("test")
     model = build_for_data(name, ds, {**cfg.model_options, **overrides})
-    return forward_flops(model, ds[0][0][None].float())  # (1, C, H, W)
+    return model, forward_flops(model, ds[0][0][None].float())  # (1, C, H, W)
 
 
 def run_sweep(cfg: ImageSweepConfig, out_dir: str | Path, workers: int = 1, progress: bool = True) -> list[dict]:
     """Every (model, N, seed) run of `cfg` under out_dir/runs, `workers` at a time; their records, each with
-    'train_flops'."""
+    'train_flops'. Finished runs of other settings are refused before anything trains."""
     check(cfg.seeds >= 1 and len(cfg.samples) > 0 and len(cfg.models) > 0,
           "need at least one seed, one sample size and one model")
     for spec in cfg.models:
-        parse_model(spec)  # refuse a bad spec before training anything
-    flops = {spec: image_flops(cfg, spec) for spec in cfg.models}
+        parse_model(spec)  # refuse a bad spec before building anything
+    built = {spec: build_for_sweep(cfg, spec) for spec in cfg.models}
     jobs = [(m, N, seed) for N in cfg.samples for m in cfg.models for seed in range(cfg.seeds)]
+    for job in jobs:
+        check_finished(cfg, Path(out_dir), job, built[job[0]][0])
     results = parallel_map(partial(run_one, cfg, Path(out_dir)), jobs, workers, progress)
     for r in results:
-        r["flops_per_image"] = flops[r["model"]]
-        r["train_flops"] = 3 * flops[r["model"]] * r["epochs"] * r["samples"]
+        r["flops_per_image"] = flops = built[r["model"]][1]
+        r["train_flops"] = 3 * flops * r["epochs"] * r["samples"]
     return results
 
 
