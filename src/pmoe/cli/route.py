@@ -22,7 +22,7 @@ from pmoe.errors import check
 from pmoe.metrics import discriminative_routing
 from pmoe.runs import evaluate_checkpoint
 from pmoe.train import resolve_device
-from pmoe.train.image_runs import ImageDataSpec
+from pmoe.train.image_runs import ImageDataSpec, initial_model
 
 BATCH = 256  # images per forward pass when counting picks
 
@@ -109,4 +109,8 @@ def _vision(args: argparse.Namespace) -> tuple[dict, list[str]]:
                      f"canvases (chance {hits['chance']:.3f}); per expert: "
                      + " ".join(f"{h:.3f}" for h in hits["per_expert"]))
         result["class_patch"] = hits
+        initial = initial_model(args.checkpoint)
+        if initial is not None:  # the same routers before training: random routers can favour the class patch too
+            result["class_patch_initial"] = class_patch_hits(initial, ds, layer, BATCH, device)
+            lines.append(f"at the run's initial weights: {result['class_patch_initial']['best_expert']:.3f}")
     return result, lines

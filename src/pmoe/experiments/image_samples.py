@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pmoe.experiments.image_sweep import ImageSweepConfig, run_sweep, summarize
 from pmoe.io import write_json, write_text
-from pmoe.reports import line_plot, markdown_table
+from pmoe.reports import line_plot, markdown_table, mean_std
 
 CANVAS = ImageSweepConfig(data="fashion-patches-image", data_options={"num_samples": 5000},
                           models=["wrn-tiny", "wrn-pmoe-tiny:region=7,l=2"], samples=[250, 500, 1000, 5000],
@@ -57,6 +57,18 @@ def report(cfg: ImageSweepConfig, results: list[dict], out: Path) -> str:
         text += (f"\n{m} reaches {base}'s accuracy at N={top} ({acc[base, top][0]:.3f}) with "
                  + (f"N={match}, at {stats[m, match]['train_flops'] / stats[base, top]['train_flops']:.2f}x its "
                     "training FLOPs." if match else "none of the sizes tried."))
+    routed = [m for m in cfg.models if all("class_patch" in r for r in results if r["model"] == m)]
+    if routed:  # canvases: how often the first MoE layer's best expert per class covers the class patch
+        def hit(m: str, N: int, key: str) -> tuple[float, float]:
+            return mean_std([r["class_patch"][key] for r in results if (r["model"], r["samples"]) == (m, N)])
+
+        chance = {m: mean_std([r["class_patch"]["chance"] for r in results if r["model"] == m])[0] for m in routed}
+        text += ("\n\nHow often the best expert of each class (first MoE layer) covers the class patch of a test "
+                 "canvas, trained → at the run's initial weights, mean ± std over seeds (chance in the header):\n\n"
+                 + markdown_table(["N"] + [f"{m} (chance {chance[m]:.3f})" for m in routed],
+                                  [[N] + [" → ".join(f"{a:.3f} ± {b:.3f}" for a, b in (hit(m, N, "best_expert"),
+                                                                                      hit(m, N, "initial")))
+                                          for m in routed] for N in cfg.samples]))
     flops = {r["model"]: r["flops_per_image"] for r in results}
     params = {r["model"]: r["params"] for r in results}
     return text + "\n\n" + markdown_table(["model", "parameters", "forward MFLOPs / image"],

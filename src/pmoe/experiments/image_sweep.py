@@ -5,7 +5,9 @@ the sweep is run again with the same flags (a finished run's config.json alone i
 
 Training FLOPs of a run: 3 x the forward FLOPs of one image (matmuls and convolutions, counted by torch's
 FlopCounterMode in eval mode; backward taken as twice the forward) x the training images it saw (epochs x N).
-The runs' records carry the number of epochs trained.
+The runs' records carry the number of epochs trained, and on the patch-canvas images, for routed models, how often
+the best expert of each class in the first MoE layer covers the class patch ('class_patch': best_expert, chance, and
+'initial', the same for the run's initial weights: a random router's best expert already covers it often).
 """
 from __future__ import annotations
 
@@ -16,17 +18,19 @@ from pathlib import Path
 
 from torch import nn
 
-from pmoe.checkpoints import read_config
+from pmoe.analysis.hits import class_patch_hits
+from pmoe.checkpoints import CONFIG, load_checkpoint, read_config
 from pmoe.errors import check
 from pmoe.experiments.runner import parallel_map
+from pmoe.io import write_json
 from pmoe.models.presets import PRESETS
 from pmoe.options import parse_spec
 from pmoe.prune.cost import forward_flops
 from pmoe.reports import mean_std
 from pmoe.train import FitConfig, OptimConfig
-from pmoe.train.image_runs import ImageDataSpec, build_for_data, finished, train_preset
+from pmoe.train.image_runs import ImageDataSpec, build_for_data, finished, initial_model, train_preset
 from pmoe.train.state import STATE, as_json, differences
-from pmoe.train.vision import RUNTIME_FIELDS, model_spec
+from pmoe.train.vision import RUNTIME_FIELDS, model_spec, resolve_device
 
 
 @dataclass
@@ -83,8 +87,16 @@ def run_one(cfg: ImageSweepConfig, out: Path, job: tuple[str, int, int]) -> dict
     else:
         r = train_preset(name, cfg.data_spec(samples), cfg.fit_config(samples, seed), path,
                          {**cfg.model_options, **overrides}, resume=(path / STATE).exists(), progress=False)
+        test = cfg.data_spec(samples).make("test")
+        model = load_checkpoint(path)[0]
+        if "disc_pos" in test.attributes and model.moe_layers():  # canvases: how often routers cover the class patch
+            hits = [class_patch_hits(m, test, layer=0, device=resolve_device(cfg.device))
+                    for m in (model, initial_model(path))]
+            r["class_patch"] = {"best_expert": hits[0]["best_expert"], "chance": hits[0]["chance"],
+                                "initial": hits[1]["best_expert"]}
+            write_json(path / CONFIG, {**read_config(path), "result": r})
     keys = ("epochs", "test_accuracy", "worst_group_accuracy", "group_accuracy", "train_accuracy", "params", "seconds",
-            "images_per_second", "device")
+            "images_per_second", "device", "class_patch")
     return {"model": spec, "samples": samples, "seed": seed, **{k: r[k] for k in keys if k in r}, "dir": str(path)}
 
 

@@ -79,6 +79,16 @@ def load_for_data(ckpt_dir: str | Path, ds: ImageDataset) -> tuple[nn.Module, di
                    "head": "new" if new_head else "kept"}
 
 
+def initial_model(ckpt_dir: str | Path) -> nn.Module | None:
+    """The weights the `train_preset` run in `ckpt_dir` started from (rebuilt from its config and fit seed), or None
+    for a run that did not start from a fresh initialisation (fine-tuned or pruned)."""
+    cfg = read_config(ckpt_dir)
+    if "fit" not in cfg or "pretrained" in cfg or "pruning" in cfg:
+        return None
+    torch.manual_seed(cfg["fit"]["seed"])  # as train_preset, right before it builds the model
+    return build_from_config(cfg)
+
+
 def finished(out_dir: str | Path) -> bool:
     """Whether `out_dir` holds a vision run that has run all its steps."""
     path = Path(out_dir) / CONFIG
