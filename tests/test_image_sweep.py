@@ -71,6 +71,17 @@ def test_image_samples_writes_json_pngs_table_and_reads_finished_runs_back(tmp_p
         run_sweep(other_model, tmp_path, progress=False)
 
 
+def test_training_flags_reach_every_run(tmp_path):
+    args = ["experiment", "image-samples", "--out", str(tmp_path), *TINY[:3], "--test-samples", "100", "--seeds", "1",
+            "--epochs", "1", "--min-steps", "0", "--models", "wrn-tiny", "--optimizer", "adamw", "--lr", "3e-3",
+            "--warmup-steps", "2", "--batch-size", "32", "--no-augment", "--json"]
+    assert main(args) == 0
+    fit = json.loads((tmp_path / "runs" / "wrn-tiny" / "N64-seed0" / "config.json").read_text())["fit"]
+    assert (fit["batch_size"], fit["augment"]) == (32, False)
+    assert {k: fit["optim"][k] for k in ("name", "lr", "weight_decay", "warmup_steps")} == \
+        {"name": "adamw", "lr": 3e-3, "weight_decay": 0.05, "warmup_steps": 2}
+
+
 @pytest.mark.parametrize("args,message", [(["--models", "wrn-tiny", "vit-huge"], "unknown preset 'vit-huge'"),
                                           (["--data", "no-such-data"], "unknown image data set 'no-such-data'")])
 def test_bad_input_is_refused_before_training(tmp_path, capsys, args, message):

@@ -9,6 +9,7 @@ from pmoe.cli.common import emit, positive_int
 from pmoe.experiments import image_samples, pruning_theory, routing_dynamics, sample_complexity, spurious
 from pmoe.experiments.sample_complexity import preset, run_experiment
 from pmoe.models import THEORY_MODELS
+from pmoe.train.optim import DEFAULTS, OPTIMIZERS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,6 +76,13 @@ def add_image_sweeps(exp: argparse._SubParsersAction) -> None:
         s.add_argument("--epochs", type=positive_int, help="training epochs per run (at least)")
         s.add_argument("--min-steps", type=int, help="optimizer steps per run at least: small N train more epochs "
                        "(default: the preset's; 0: none)")
+        s.add_argument("--batch-size", type=positive_int, help="default: the preset's (128; quick: 64)")
+        s.add_argument("--optimizer", choices=OPTIMIZERS, help="default: sgd (lr 0.1, weight decay 5e-4); adamw: lr "
+                       "1e-3, weight decay 0.05 unless --lr / --weight-decay say otherwise")
+        s.add_argument("--lr", type=float, help="peak learning rate")
+        s.add_argument("--weight-decay", type=float, help="on weights of 2+ dims")
+        s.add_argument("--warmup-steps", type=int, help="linear warm-up steps before the cosine (default: 0)")
+        s.add_argument("--no-augment", action="store_true", help="no random crop and flip (spurious: never any)")
         s.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")
         s.add_argument("--workers", type=positive_int, default=1,
                        help="runs trained at once, in worker processes (they share the GPU); default 1")
@@ -84,9 +92,14 @@ def add_image_sweeps(exp: argparse._SubParsersAction) -> None:
 
 def run_image_sweep(module, args: argparse.Namespace) -> int:
     cfg = module.preset(args.data, args.quick)
-    for name in ("data_dir", "models", "samples", "test_samples", "seeds", "epochs", "min_steps", "device"):
+    if args.optimizer:  # its own default lr and weight decay, unless given
+        d = DEFAULTS[args.optimizer]
+        cfg.optimizer, cfg.lr, cfg.weight_decay = args.optimizer, d["lr"], d["weight_decay"]
+    for name in ("data_dir", "models", "samples", "test_samples", "seeds", "epochs", "min_steps", "batch_size", "lr",
+                 "weight_decay", "warmup_steps", "device"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
+    cfg.augment = cfg.augment and not args.no_augment
     summary = module.run_experiment(cfg, args.out, args.workers, progress=not args.json)
     emit(summary, args.json, [summary["report"], f"{summary['runs']} runs in {summary['seconds']} s; "
                                                  f"report in {args.out}"])
