@@ -43,7 +43,8 @@ def test_image_samples_writes_json_pngs_table_and_reads_finished_runs_back(tmp_p
     results = json.loads((tmp_path / "results.json").read_text())
     assert summary["runs"] == len(results["runs"]) == 4
     cfg = preset(None, quick=True)
-    flops = {m: build_for_sweep(cfg, m)[1] for m in cfg.models}
+    test = cfg.data_spec(None).make("test")
+    flops = {m: build_for_sweep(cfg, m, test)[1] for m in cfg.models}
     assert flops["wrn-pmoe-tiny"] < flops["wrn-tiny"]  # the pMoE group runs on l of n regions only
     for r in results["runs"]:
         assert r["epochs"] == 1 and 0 <= r["test_accuracy"] <= 1

@@ -40,8 +40,9 @@ def class_patch_hits(model: nn.Module, ds: ImageDataset, layer: int = -1, batch_
     hits, cover, start = [], [], 0
     for x, _ in ImageBatches(ds, batch_size, device=device):
         cells = expert_cells(model, x)
-        mask = layer_mask(cells, layer).flatten(2).float().cpu()  # (B, k, cells)
-        over = mask @ patch_overlap(cells, *layer_mask(cells, layer).shape[2:], grid, patch).float() > 0  # (B, k, P)
+        mask = layer_mask(cells, layer)  # (B, k, gh, gw)
+        overlap = patch_overlap(cells, *mask.shape[2:], grid, patch).float()  # (gh * gw, P)
+        over = mask.flatten(2).float().cpu() @ overlap > 0  # (B, k, P)
         pos = ds.attributes["disc_pos"][start:start + len(x)].long()
         hits.append(over.gather(2, pos.view(-1, 1, 1).expand(-1, over.shape[1], 1)).squeeze(2))  # (B, k)
         cover.append(over.float().mean(dim=2))  # (B, k)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 
 from pmoe.cli.common import emit
-from pmoe.prune.combine import combine_sweeps
 from pmoe.cli.prune import add_prune_args, finetune_config
+from pmoe.prune.combine import combine_sweeps
 from pmoe.prune.scores import METHODS
 from pmoe.prune.sweep import SweepConfig, prune_sweep
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from pmoe.experiments.image_sweep import ImageSweepConfig, run_sweep, summarize
+from pmoe.experiments.image_sweep import ImageSweepConfig, group_runs, run_sweep, summarize
 from pmoe.io import write_json, write_text
 from pmoe.reports import line_plot, markdown_table, mean_std
 
@@ -59,8 +59,10 @@ def report(cfg: ImageSweepConfig, results: list[dict], out: Path) -> str:
                     "training FLOPs." if match else "none of the sizes tried."))
     routed = [m for m in cfg.models if all("class_patch" in r for r in results if r["model"] == m)]
     if routed:  # canvases: how often the first MoE layer's best expert per class covers the class patch
+        runs = group_runs(results)
+
         def hit(m: str, N: int, key: str) -> tuple[float, float]:
-            return mean_std([r["class_patch"][key] for r in results if (r["model"], r["samples"]) == (m, N)])
+            return mean_std([r["class_patch"][key] for r in runs[m, N]])
 
         chance = {m: mean_std([r["class_patch"]["chance"] for r in results if r["model"] == m])[0] for m in routed}
         text += ("\n\nHow often the best expert of each class (first MoE layer) covers the class patch of a test "

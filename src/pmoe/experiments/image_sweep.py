@@ -20,6 +20,7 @@ from torch import nn
 
 from pmoe.analysis.hits import class_patch_hits
 from pmoe.checkpoints import CONFIG, load_checkpoint, read_config
+from pmoe.data.vision import ImageDataset
 from pmoe.errors import check
 from pmoe.experiments.runner import parallel_map
 from pmoe.io import write_json
@@ -81,15 +82,16 @@ def run_one(cfg: ImageSweepConfig, out: Path, job: tuple[str, int, int]) -> dict
     """Train (or resume, or read back) run `job` = (model spec, N, seed); its record."""
     spec, samples, seed = job
     name, overrides = parse_model(spec)
-    path = run_dir(out, spec, samples, seed)
-    if finished(path) and "result" in read_config(path):  # read back; weights and state need not be there
-        r = read_config(path)["result"]
+    path, data = run_dir(out, spec, samples, seed), cfg.data_spec(samples)
+    saved = read_config(path) if finished(path) else {}
+    if "result" in saved:  # read back; weights and state need not be there
+        r = saved["result"]
     else:
-        r = train_preset(name, cfg.data_spec(samples), cfg.fit_config(samples, seed), path,
-                         {**cfg.model_options, **overrides}, resume=(path / STATE).exists(), progress=False)
-        test = cfg.data_spec(samples).make("test")
+        r = train_preset(name, data, cfg.fit_config(samples, seed), path, {**cfg.model_options, **overrides},
+                         resume=(path / STATE).exists(), progress=False)
         model = load_checkpoint(path)[0]
-        if "disc_pos" in test.attributes and model.moe_layers():  # canvases: how often routers cover the class patch
+        test = data.make("test") if model.moe_layers() else None
+        if test is not None and "disc_pos" in test.attributes:  # canvases: how often routers cover the class patch
             hits = [class_patch_hits(m, test, layer=0, device=resolve_device(cfg.device))
                     for m in (model, initial_model(path))]
             r["class_patch"] = {"best_expert": hits[0]["best_expert"], "chance": hits[0]["chance"],
@@ -115,12 +117,12 @@ def check_finished(cfg: ImageSweepConfig, out: Path, job: tuple[str, int, int], 
                     f"folder. Differences (saved -> now): {'; '.join(diff)}")
 
 
-def build_for_sweep(cfg: ImageSweepConfig, spec: str) -> tuple[nn.Module, int]:
-    """The model of `spec` for the sweep's data, and its forward FLOPs on one test image (CPU, eval mode)."""
+def build_for_sweep(cfg: ImageSweepConfig, spec: str, test: ImageDataset) -> tuple[nn.Module, int]:
+    """The model of `spec` for the sweep's data (its `test` split), and its forward FLOPs on one test image (CPU,
+    eval mode)."""
     name, overrides = parse_model(spec)
-    ds = cfg.data_spec(None).make("test")
-    model = build_for_data(name, ds, {**cfg.model_options, **overrides})
-    return model, forward_flops(model, ds[0][0][None].float())  # (1, C, H, W)
+    model = build_for_data(name, test, {**cfg.model_options, **overrides})
+    return model, forward_flops(model, test[0][0][None].float())  # (1, C, H, W)
 
 
 def run_sweep(cfg: ImageSweepConfig, out_dir: str | Path, workers: int = 1, progress: bool = True) -> list[dict]:
@@ -130,7 +132,8 @@ def run_sweep(cfg: ImageSweepConfig, out_dir: str | Path, workers: int = 1, prog
           "need at least one seed, one sample size and one model")
     for spec in cfg.models:
         parse_model(spec)  # refuse a bad spec before building anything
-    built = {spec: build_for_sweep(cfg, spec) for spec in cfg.models}
+    test = cfg.data_spec(None).make("test")
+    built = {spec: build_for_sweep(cfg, spec, test) for spec in cfg.models}
     jobs = [(m, N, seed) for N in cfg.samples for m in cfg.models for seed in range(cfg.seeds)]
     for job in jobs:
         check_finished(cfg, Path(out_dir), job, built[job[0]][0])
@@ -141,10 +144,15 @@ def run_sweep(cfg: ImageSweepConfig, out_dir: str | Path, workers: int = 1, prog
     return results
 
 
-def summarize(results: list[dict], metrics: tuple[str, ...] = ("test_accuracy",)) -> dict[tuple[str, int], dict]:
-    """(model, N) -> {metric: (mean, std) over seeds} for each of `metrics`, plus 'runs' and 'train_flops'."""
+def group_runs(results: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    """(model, N) -> the records of its seeds."""
     runs: dict[tuple[str, int], list[dict]] = {}
     for r in results:
         runs.setdefault((r["model"], r["samples"]), []).append(r)
+    return runs
+
+
+def summarize(results: list[dict], metrics: tuple[str, ...] = ("test_accuracy",)) -> dict[tuple[str, int], dict]:
+    """(model, N) -> {metric: (mean, std) over seeds} for each of `metrics`, plus 'runs' and 'train_flops'."""
     return {key: {**{m: mean_std([r[m] for r in rs]) for m in metrics}, "runs": len(rs),
-                  "train_flops": rs[0]["train_flops"]} for key, rs in runs.items()}
+                  "train_flops": rs[0]["train_flops"]} for key, rs in group_runs(results).items()}

@@ -18,7 +18,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from pmoe.errors import check
-from pmoe.experiments.image_sweep import ImageSweepConfig, run_sweep, summarize
+from pmoe.experiments.image_sweep import ImageSweepConfig, group_runs, run_sweep, summarize
 from pmoe.io import atomic_path, write_json, write_text
 from pmoe.reports import markdown_table, mean_std, plt
 
@@ -46,11 +46,8 @@ def preset(data: str | None, quick: bool) -> ImageSweepConfig:
 
 def group_means(results: list[dict]) -> dict[tuple[str, int], dict[str, float]]:
     """(model, N) -> {group: mean test accuracy over seeds}."""
-    runs: dict[tuple[str, int], list[dict]] = {}
-    for r in results:
-        runs.setdefault((r["model"], r["samples"]), []).append(r)
     return {key: {g: mean_std([r["group_accuracy"][g] for r in rs])[0] for g in rs[0]["group_accuracy"]}
-            for key, rs in runs.items()}
+            for key, rs in group_runs(results).items()}
 
 
 def bar_plot(path: Path, cfg: ImageSweepConfig, stats: dict) -> None:
