@@ -4,8 +4,8 @@ WRN and WRN-pMoE, as the pMoE authors' code (WRN-10-10: 160/320/640 channels):
   wrn-cifar, wrn-pmoe-cifar    32x32, 10 classes; pMoE: 4 experts of 1x1 conv, 160 filters, n=64 (8x8 map), l=16
   wrn-celeba, wrn-pmoe-celeba  64x64, 4 classes (smiling x eyeglasses); pMoE: 8 experts of 3x3 conv, 80 filters,
                                n=16 regions of 4x4 of the 16x16 map, l=2
-  wrn-tiny, wrn-pmoe-tiny      tests: widen 1 (16/32/64), 32x32; pMoE: 4 experts of 3x3 conv, 8 filters, n=16 regions
-                               of 2x2, l=4
+  wrn-tiny, wrn-pmoe-tiny      tests: widen 1 (16/32/64), 32x32; pMoE: 4 experts of 3x3 conv, 16 filters, n=16 regions
+                               of 2x2, l=4 (k x filters = 64, the dense last width, as in the paper's presets)
 ViT (timm sizes) and ViT-MoE (V-MoE layout: MoE in blocks 1, 3, 5, ...; token router):
   vit-tiny, vit-moe-tiny       tests: 32x32, patch 4, dim 64, depth 4, 4 heads, mlp 128; MoE: 4 experts, K=2
   vit-s, vit-moe-s             224x224, patch 16, dim 384, depth 12, 6 heads, mlp 1536; MoE: 8 experts, K=2
@@ -48,7 +48,7 @@ PRESETS: dict[str, partial] = {
     "wrn-celeba": partial(WRNConfig, **_WRN_CELEBA),
     "wrn-pmoe-celeba": partial(WRNConfig, **_WRN_CELEBA, experts=8, expert_channels=80, expert_kernel=3, region=4, l=2),
     "wrn-tiny": partial(WRNConfig, **_WRN_TINY),
-    "wrn-pmoe-tiny": partial(WRNConfig, **_WRN_TINY, experts=4, expert_channels=8, expert_kernel=3, region=2, l=4),
+    "wrn-pmoe-tiny": partial(WRNConfig, **_WRN_TINY, experts=4, expert_channels=16, expert_kernel=3, region=2, l=4),
     "vit-tiny": partial(ViTConfig, **_VIT_TINY),
     "vit-moe-tiny": partial(ViTConfig, **_VIT_TINY, **_MOE_TINY),
     "vit-s": partial(ViTConfig, **_VIT_S),

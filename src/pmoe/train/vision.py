@@ -3,6 +3,8 @@ and checkpoints from which a killed run resumes to exactly the same weights.
 
 Objective: cross-entropy (`task_loss`: members' mean for E³) + `model.aux_loss()`. Per optimizer step: optional
 gradient clipping by global norm, then the scheduler's lr (warm-up, cosine or constant). bf16 autocast on CUDA.
+Before every evaluation and checkpoint, batch-norm statistics are recomputed for the current weights
+(`pmoe.train.batchnorm`): eval mode then computes what training did.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from pmoe.checkpoints import save_checkpoint
 from pmoe.data.vision import Augment, ImageBatches, ImageDataset
 from pmoe.errors import check
 from pmoe.io import write_text
+from pmoe.train.batchnorm import recompute_batch_norm
 from pmoe.train.evaluate import evaluate_images, task_loss
 from pmoe.train.optim import OptimConfig, make_optimizer, make_scheduler
 from pmoe.train.state import STATE, as_json, cpu_state, differences, load_state, rng_states, save_state, set_rng_states
@@ -113,6 +116,12 @@ class _Session:
         self.batches.epoch, self.step = state["batches_epoch"], state["step"]
         self.seconds, self.history = state["seconds"], state["history"]
 
+    def precise_batch_norm(self) -> None:
+        """Recompute the model's batch-norm statistics on un-augmented training batches in a fixed order."""
+        batches = ImageBatches(self.batches.ds, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed,
+                               drop_last=True, num_workers=self.cfg.num_workers, device=self.device)
+        recompute_batch_norm(self.model, batches, autocast=self.autocast)
+
     def train_epoch(self, progress: bool) -> dict[str, float]:
         """One epoch (or up to the last step): {'lr', 'train_loss', 'train_aux_loss', 'train_accuracy',
         'images_per_second'}; loss = task loss + aux loss, means over the epoch's batches."""
@@ -177,6 +186,8 @@ def fit(model: nn.Module, train_ds: ImageDataset, eval_ds: ImageDataset | None, 
         start = time.perf_counter()
         rec = {"epoch": s.batches.epoch + 1, **s.train_epoch(progress)}
         checkpoint = s.step >= s.total or rec["epoch"] % cfg.eval_every == 0
+        if checkpoint:  # batch-norm statistics of the weights evaluated and saved, not a lagging EMA
+            s.precise_batch_norm()
         if eval_ds is not None and checkpoint:
             ev = evaluate_images(s.model, eval_ds, cfg.eval_batch_size, s.device, cfg.num_workers)
             rec.update({f"eval_{k}": v for k, v in ev.items()})
