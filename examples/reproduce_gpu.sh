@@ -28,14 +28,17 @@ has spurious && pmoe experiment spurious --samples 1000 4000 --seeds 3 --workers
     >"$out/spurious.log" 2>&1 &
 # Section 6: pretrain on the 10 classes with 8 experts per MoE layer; fine-tune on each task of TASKS (tops: Coat,
 # Shirt vs T-shirt/top, Pullover; footwear: Sandal, Sneaker, Ankle boot); prune 2, 4 and 6 of the 8 experts per layer
-# with every criterion, before and after a 200-step fine-tune.
+# with every criterion, before and after a 200-step fine-tune (the pruning paper's: SGD lr 0.01, momentum 0.9, no
+# weight decay, clipping at 10, warm-up then cosine). --clip-norm 0 --augment: the settings the published figures
+# were made with (the tiny ViTs' recipe clips at 1 and does not augment).
 if has prune; then
   for model in vit-moe-tiny e3-tiny; do
     for seed in ${SEEDS:-0}; do
       d="$out/prune-$model-seed$seed"
       (
         pmoe train --model "$model" --model-opt experts=8 --data fashion-mnist --epochs 8 --batch-size 256 \
-            --optimizer adamw --lr 1e-3 --warmup-steps 200 --seed "$seed" --json --out "$d/pre" || exit
+            --optimizer adamw --lr 1e-3 --warmup-steps 200 --clip-norm 0 --augment --seed "$seed" --json \
+            --out "$d/pre" || exit
         for task in ${TASKS:-tops footwear}; do
           case $task in
             tops) data=(--data fashion-spurious --data-opt train_ratio=0.5 --data-opt test_ratio=0.5) ;;
@@ -43,8 +46,9 @@ if has prune; then
             *) echo "unknown task $task" >&2; exit 2 ;;
           esac
           pmoe finetune "$d/pre" "${data[@]}" --epochs 4 --batch-size 128 --optimizer adamw --lr 3e-4 \
-              --warmup-steps 50 --seed "$seed" --json --out "$d/$task/ft" &&
+              --warmup-steps 50 --clip-norm 0 --augment --seed "$seed" --json --out "$d/$task/ft" &&
           pmoe prune-sweep "$d/$task/ft" --pretrained "$d/pre" --ratios 0.25 0.5 0.75 --finetune-steps 200 \
+              --optimizer sgd --lr 0.01 --weight-decay 0 --clip-norm 10 --augment \
               --methods router-norm-change random router-norm frequency gate-mass saliency --seed "$seed" --json \
               --out "$d/$task/sweep"
         done

@@ -26,6 +26,16 @@ def test_train_json_has_the_promised_fields(checkpoint):
     assert {"test_accuracy", "train_accuracy", "epochs", "seconds", "params"} <= cfg["result"].keys()
 
 
+def test_json_is_the_one_stdout_line_and_progress_goes_to_stderr_unless_quiet(tmp_path, capsys):
+    args = ["train", "--model", "pmoe", "-l", "2", *TINY, "--json"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 1 and json.loads(out.out)["epochs"] == 2 and "train" in out.err
+    assert main([*args, "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 1 and out.err == ""
+
+
 def test_eval_reproduces_the_training_result(checkpoint, capsys):
     assert main(["eval", str(checkpoint), "--json"]) == 0
     out = last_json(capsys)
@@ -106,13 +116,16 @@ def test_routing_experiment_records_hit_rates_over_training(tmp_path, capsys):
     args = ["experiment", "routing", "--out", str(tmp_path), "--data", "synthetic", "--samples", "40", "--seeds", "2",
             "--epochs", "3", "--models", "pmoe:l=2", "pmoe-separate", "--workers", "1", "--json"]
     assert main(args) == 0
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 1 and "runs: 100%" in out.err  # progress on stderr, the JSON on stdout
     results = json.loads((tmp_path / "results.json").read_text())
     joint = [r for r in results["runs"] if r["spec"] == "pmoe:l=2"]
     separate = [r for r in results["runs"] if r["spec"] == "pmoe-separate"]
     assert len(joint) == len(separate) == 2
-    assert [c["epoch"] for c in joint[0]["curve"]] == [1, 2, 3]  # joint routers train in every epoch
-    assert len(separate[0]["curve"]) == 100  # the router stage (default 100 epochs), not the expert stage
+    assert [c["epoch"] for c in joint[0]["curve"]] == [0, 1, 2, 3]  # initial weights, then every epoch
+    assert len(separate[0]["curve"]) == 101  # the router stage (default 100 epochs), not the expert stage
     assert all(0 <= c["best_expert"] <= 1 for r in results["runs"] for c in r["curve"])
+    assert all(r["curve"][0]["best_expert"] == r["routing"]["initial"]["best_expert"] for r in results["runs"])
     assert (tmp_path / "routing_over_training.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| epoch | pmoe:l=2 | pmoe-separate |" in last_json(capsys)["report"]
+    assert "| epoch | pmoe:l=2 | pmoe-separate |" in json.loads(out.out)["report"]
     assert main(["experiment", "routing", "--out", str(tmp_path / "x"), "--models", "cnn", "--seeds", "1"]) == 2

@@ -26,9 +26,9 @@ def test_parallel_map_keeps_the_order_in_worker_processes():
 def test_small_training_sets_train_more_epochs_and_evaluate_about_epochs_times():
     cfg = ImageSweepConfig(epochs=2, min_steps=30, batch_size=64)
     # N=250: 3 steps an epoch, so 10 epochs for 30 steps, evaluated every 5th; N=1000: 15 steps, 2 epochs suffice.
-    assert (cfg.epochs_for(250), cfg.fit_config(250, 0).eval_every) == (10, 5)
-    assert (cfg.epochs_for(1000), cfg.fit_config(1000, 0).eval_every) == (2, 1)
-    assert ImageSweepConfig(epochs=3, min_steps=0).epochs_for(10) == 3
+    assert (cfg.fit_config("wrn-tiny", 250, 0).epochs, cfg.fit_config("wrn-tiny", 250, 0).eval_every) == (10, 5)
+    assert (cfg.fit_config("wrn-tiny", 1000, 0).epochs, cfg.fit_config("wrn-tiny", 1000, 0).eval_every) == (2, 1)
+    assert ImageSweepConfig(epochs=3, min_steps=0).fit_config("wrn-tiny", 10, 0).epochs == 3
 
 
 def test_presets():

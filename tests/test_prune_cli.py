@@ -9,7 +9,7 @@ import torch
 
 from pmoe.checkpoints import load_checkpoint
 from pmoe.cli import main
-from pmoe.experiments.pruning_theory import PruneTheoryConfig, run_experiment
+from pmoe.experiments.pruning_theory import PruneTheoryConfig, _data, expert_hits, initial, run_experiment
 
 MODEL = ["--model", "pmoe", "-l", "2"]
 THEORY = ["--n", "6", "--d", "12", "--samples", "40", "--test-samples", "60", "--epochs", "2"]
@@ -57,7 +57,9 @@ def test_prune_sweep_writes_json_plots_and_table(theory, tmp_path, capsys):
     assert main(["prune-sweep", str(ft), "--pretrained", str(pre), "--methods", "router-norm-change", "random",
                  "saliency", "--ratios", "0.25", "0.5", "--mode", "truncate", "--finetune-steps", "2", "--out",
                  str(out), "--json"]) == 0
-    summary = last_json(capsys)
+    printed = capsys.readouterr()
+    summary = json.loads(printed.out)  # the one stdout line; progress on stderr
+    assert "prune-sweep: 100%" in printed.err
     assert len(summary["points"]) == 6 and all("accuracy_finetuned" in p for p in summary["points"])
     assert {p.name for p in out.iterdir()} == {"results.json", "results.md", "accuracy_vs_ratio.png",
                                                "accuracy_finetuned_vs_ratio.png"}
@@ -108,6 +110,7 @@ def other(tmp_path_factory, theory) -> dict[str, Path]:
     (["--keep", "2", "--finetuned", "{pruned}"], "is a pruned checkpoint already"),
     (["--keep", "2", "--out", "{pre}"], "exists; choose another or pass --overwrite"),
     (["--keep", "2", "--method", "router-norm-change", "--pretrained", None], "give the pretrained model"),
+    (["--keep", "2", "--finetune-steps", "2", "--lr", "0.1"], "['lr'] apply to vision checkpoints only"),
 ])
 def test_bad_input_is_a_clear_error_and_leaves_no_output(theory, other, tmp_path, capsys, args, message):
     pre, ft = theory
@@ -159,4 +162,6 @@ def test_theory_experiment_runs_tiny(tmp_path):
                                                     "delta_vs_routing.png"}
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert len(runs) == 2 and len(runs[0]["accuracy"]["random"]) == 3 and len(runs[0]["accuracy"]["random"][0]) == 2
-    assert "| 0.5 | 2 |" in summary["report"]
+    assert "| 0.5 | 2 |" in summary["report"] and "largest hit: fine-tuned / at init" in summary["report"]
+    test = _data(cfg, "test", cfg.test_samples, 1000 * 1 + 200, [0])  # seed 1's fine-tuning test set
+    assert runs[1]["hit_initial"] == expert_hits(initial(cfg, 1), test)[0].tolist()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from pmoe.checkpoints import load_checkpoint, save_checkpoint, weights_sha256
-from pmoe.data import PatchDataset, make_dataset
+from pmoe.checkpoints import build_from_config, load_checkpoint, save_checkpoint, weights_sha256
+from pmoe.data import PatchDataset, file_options, make_dataset
 from pmoe.errors import check
 from pmoe.io import atomic_path
 from pmoe.metrics import discriminative_routing, evaluate
@@ -20,17 +20,28 @@ from pmoe.train import TrainConfig, train
 
 @dataclass
 class DataSpec:
-    name: str = "synthetic"  # synthetic | fashion-patches
-    samples: int = 1000  # N, training samples
-    test_samples: int = 2000
+    name: str = "synthetic"  # synthetic | fashion-patches | file (a user's .npz: DataSpec.from_file)
+    samples: int | None = 1000  # N, training samples (file: None = all the file holds)
+    test_samples: int | None = 2000  # (file: None = all)
     seed: int = 0  # which samples are drawn (fixed across training seeds, as in the paper)
-    options: dict = field(default_factory=dict)  # fields of the data set's config (n, d, noise, data_dir, ...)
+    options: dict = field(default_factory=dict)  # fields of the data set's config (n, d, noise, data_dir, path, ...)
+
+    @classmethod
+    def from_file(cls, path: str | Path, test_path: str | Path | None = None, samples: int | None = None,
+                  test_samples: int | None = None, seed: int = 0) -> DataSpec:
+        """The spec of a user's .npz file (format: `pmoe.data.files`; its test split in it or in `test_path`),
+        recording the absolute path and SHA-256 of each file so that a changed or moved file is refused later."""
+        return cls("file", samples, test_samples, seed, file_options(path, test_path))
 
     def make(self) -> tuple[PatchDataset, PatchDataset]:
-        check(self.samples >= 2 and self.test_samples >= 2,
-              f"need at least 2 training and 2 test samples, got {self.samples} and {self.test_samples}")
+        for what, count in (("training", self.samples), ("test", self.test_samples)):
+            check(count >= 2 if count is not None else self.name == "file",
+                  f"need at least 2 {what} samples, got {count}")
         train_ds = make_dataset(self.name, "train", self.samples, self.seed, **self.options)
         test_ds = make_dataset(self.name, "test", self.test_samples, self.seed, **self.options)
+        check((train_ds.n, train_ds.d) == (test_ds.n, test_ds.d), f"the test samples "
+              f"({test_ds.meta.get('source', self.name)}) have n={test_ds.n} patches of d={test_ds.d}, the training "
+              f"samples ({train_ds.meta.get('source', self.name)}) n={train_ds.n}, d={train_ds.d}: they must match")
         return train_ds, test_ds
 
 
@@ -41,14 +52,26 @@ def num_params(model: torch.nn.Module) -> dict[str, int]:
     return {"params": trainable, "params_total": total}
 
 
-def summarize(model: torch.nn.Module, train_ds: PatchDataset, test_ds: PatchDataset) -> dict:
-    """Final metrics of a model on its train and test data."""
+def summarize(model: torch.nn.Module, train_ds: PatchDataset, test_ds: PatchDataset,
+              initial: torch.nn.Module | None = None) -> dict:
+    """Final metrics of a model on its train and test data; MoE models also `routing` on the test data, with that of
+    `initial` (the run's initial weights, see `initial_theory_model`) under routing['initial'] when given."""
     tr, te = evaluate(model, train_ds), evaluate(model, test_ds)
     out = {"test_accuracy": te["accuracy"], "train_accuracy": tr["accuracy"], "test_loss": te["loss"],
            "train_loss": tr["loss"], **num_params(model)}
-    if hasattr(model, "moe"):
+    if hasattr(model, "moe") and test_ds.disc_pos is not None:  # a user's file may not say where the class patch is
         out["routing"] = discriminative_routing(model, test_ds)
+        if initial is not None:
+            out["routing"]["initial"] = discriminative_routing(initial, test_ds)
     return out
+
+
+def initial_theory_model(cfg: dict) -> torch.nn.Module | None:
+    """The weights the theory run of checkpoint config `cfg` started from, rebuilt from its model config (whose seed
+    fixes the initialisation); None for a run that did not start from a fresh initialisation (fine-tuned or pruned)."""
+    if "pretrained" in cfg or "pruning" in cfg:
+        return None
+    return build_from_config(cfg)
 
 
 def run(model_name: str, data: DataSpec, train_cfg: TrainConfig, model_options: dict | None = None,
@@ -58,7 +81,8 @@ def run(model_name: str, data: DataSpec, train_cfg: TrainConfig, model_options: 
     start = time.perf_counter()
     train_ds, test_ds = data.make()
     cfg = theory_config(model_name, train_ds.n, train_ds.d, seed=train_cfg.seed, **(model_options or {}))
-    result, records = _train(build_theory_model(cfg), data, train_ds, test_ds, train_cfg, out_dir, progress, start)
+    result, records = _train(build_theory_model(cfg), data, train_ds, test_ds, train_cfg, out_dir, progress, start,
+                             initial=build_theory_model(cfg))
     return {**result, "history": records} if history else result
 
 
@@ -75,18 +99,19 @@ def finetune(pretrained: str | Path, data: DataSpec, train_cfg: TrainConfig, out
           f"{data.name!r} has n={train_ds.n}, d={train_ds.d}: pick data of that shape")
     parent = {"path": str(Path(pretrained).resolve()), "sha256": weights_sha256(pretrained)}
     pruned = {"pruning": cfg["pruning"]} if "pruning" in cfg else {}  # keeps a pruned parent's child loadable
-    return _train(model, data, train_ds, test_ds, train_cfg, out_dir, progress, start, pretrained=parent,
+    return _train(model, data, train_ds, test_ds, train_cfg, out_dir, progress, start, None, pretrained=parent,
                   **pruned)[0]
 
 
 def _train(model: torch.nn.Module, data: DataSpec, train_ds: PatchDataset, test_ds: PatchDataset,
            train_cfg: TrainConfig, out_dir: str | Path | None, progress: bool, start: float,
-           **sections: dict) -> tuple[dict, list[dict]]:
-    """Train, summarise, save if asked; returns (summary, per-epoch records)."""
+           initial: torch.nn.Module | None, **sections: dict) -> tuple[dict, list[dict]]:
+    """Train, summarise (against `initial`, the untrained model, if given), save if asked; returns (summary,
+    per-epoch records)."""
     torch.manual_seed(train_cfg.seed)
     history = train(model, train_ds, test_ds, train_cfg, progress=progress)
-    result = {"model": model.config.model, "data": data.name, "samples": data.samples, "seed": train_cfg.seed,
-              "epochs": train_cfg.epochs, **summarize(model, train_ds, test_ds),
+    result = {"model": model.config.model, "data": data.name, "samples": len(train_ds), "seed": train_cfg.seed,
+              "epochs": train_cfg.epochs, **summarize(model, train_ds, test_ds, initial),
               "seconds": round(time.perf_counter() - start, 3)}
     if out_dir is not None:
         out = save_checkpoint(out_dir, model, "theory", model.config.to_dict(), data=asdict(data),

@@ -5,13 +5,12 @@ import argparse
 import json
 from typing import Any
 
-from pmoe.data import DATASETS, DEFAULT_DATA_DIR
+from pmoe.data import DATASETS, DEFAULT_DATA_DIR, FILE_PREFIX
 from pmoe.data.vision import DATASETS_ROOT, IMAGE_DATASETS
 from pmoe.errors import check
 from pmoe.routing import GATE_MODES
 from pmoe.runs import DataSpec
 from pmoe.train import FitConfig, TrainConfig
-from pmoe.train.optim import DEFAULTS as OPTIM_DEFAULTS
 
 
 def emit(result: dict, as_json: bool, lines: list[str]) -> None:
@@ -19,11 +18,25 @@ def emit(result: dict, as_json: bool, lines: list[str]) -> None:
     print(json.dumps(result) if as_json else "\n".join(lines), flush=True)
 
 
+def routing_line(r: dict) -> str:
+    """The human form of a theory model's `discriminative_routing` (with the run's initial weights', if any)."""
+    initial = f"at the run's initial weights {r['initial']['best_expert']:.3f}; " if "initial" in r else ""
+    return (f"best expert of each class takes its discriminative patch in {r['best_expert']:.3f} of the test samples "
+            f"({initial}chance {r['chance_best_expert']:.3f} for the best of {len(r['per_expert'])} experts, "
+            f"{r['chance']:.3f} = l/n for one)")
+
+
 def add_output_args(p: argparse.ArgumentParser) -> None:
     """--out (the checkpoint folder), --json and --quiet: the tail of every training command."""
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def add_report_args(p: argparse.ArgumentParser) -> None:
+    """--json and --quiet: the tail of every experiment and sweep (progress on stderr, the summary on stdout)."""
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object (the last stdout line)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def positive_int(text: str) -> int:
@@ -33,15 +46,46 @@ def positive_int(text: str) -> int:
     return value
 
 
+SYNTHETIC_FLAGS = ("n", "d", "noise", "similarity", "num_irrelevant")  # dests of the synthetic data's flags
+CANVAS_FLAGS = ("classes", "grid")  # and of the patch canvases' (fashion-patches)
+
+
+def data_name(text: str) -> str:
+    """--data: a data set's name, or file:PATH (a user's .npz of theory data)."""
+    names = DATASETS + tuple(IMAGE_DATASETS)
+    if text in names or (text.startswith(FILE_PREFIX) and len(text) > len(FILE_PREFIX)):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(names)}, or file:PATH.npz)")
+
+
+def file_path(text: str) -> str:
+    """--test-data file:PATH -> PATH."""
+    if not text.startswith(FILE_PREFIX) or len(text) == len(FILE_PREFIX):
+        raise argparse.ArgumentTypeError(f"expected file:PATH.npz, got {text!r}")
+    return text[len(FILE_PREFIX):]
+
+
+def is_theory_data(name: str) -> bool:
+    """Whether --data `name` is data of the theory models: a theory data set or file:PATH."""
+    return name in DATASETS or name.startswith(FILE_PREFIX)
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data (theory models: synthetic or fashion-patches; vision presets: an image data set)")
-    g.add_argument("--data", choices=DATASETS + tuple(IMAGE_DATASETS),
-                   help="data set (default: synthetic for theory models, fashion-mnist for vision presets)")
+    g = p.add_argument_group("data (theory models: synthetic, fashion-patches or file:PATH.npz; vision presets: an "
+                             "image data set)")
+    g.add_argument("--data", type=data_name, metavar="NAME",
+                   help=f"theory models: {', '.join(DATASETS)}, or file:PATH.npz, your own samples (format in the "
+                        f"README); vision presets: {', '.join(IMAGE_DATASETS)} (default: synthetic for theory "
+                        f"models, fashion-mnist for vision presets)")
+    g.add_argument("--test-data", type=file_path, metavar="file:PATH",
+                   help="with --data file:PATH: a second .npz holding the test samples (default: the _test arrays "
+                        "of the --data file)")
     g.add_argument("--samples", type=positive_int,
-                   help="training samples N (theory default: 1000; vision: a balanced subset of the train split, "
-                        "default all)")
+                   help="training samples N (theory default: 1000, file: all; vision: a balanced subset of the train "
+                        "split, default all); of a file: a seeded subset, balanced between +1 and -1 where it can be")
     g.add_argument("--test-samples", type=positive_int,
-                   help="test samples (theory default: 2000; vision: a balanced subset of the test split, default all)")
+                   help="test samples (theory default: 2000, file: all; vision: a balanced subset of the test split, "
+                        "default all)")
     g.add_argument("--data-seed", type=int, default=0, help="which samples are drawn (default: 0)")
     g.add_argument("--data-dir", default=None, help=f"data folder (default: {DEFAULT_DATA_DIR} for the Fashion-MNIST "
                                                     f"sets, {DATASETS_ROOT}/NAME for other image data sets)")
@@ -50,12 +94,24 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--noise", type=float, help="synthetic: noise std per coordinate (default 0.1)")
     g.add_argument("--similarity", type=float, help="synthetic: cosine of irrelevant to class patterns (default 0.5)")
     g.add_argument("--num-irrelevant", type=positive_int, help="synthetic: label-irrelevant patterns (default 8)")
+    g.add_argument("--classes", type=int, nargs=2, metavar=("POS", "NEG"),
+                   help="fashion-patches: the image class of y=+1 and of y=-1 in the --data-dir folder (default: 1 9, "
+                        "trouser vs ankle boot; the pMoE authors' sneaker vs sandal: 7 5)")
+    g.add_argument("--grid", type=positive_int, help="fashion-patches: G x G images per canvas, n = G^2 (default 4)")
 
 
 def data_spec(args: argparse.Namespace) -> DataSpec:
     d = DataSpec()
     name = args.data or d.name
-    keys = ["n", "d", "noise", "similarity", "num_irrelevant"] if name == "synthetic" else []
+    if name != "fashion-patches":
+        refuse_flags(args, CANVAS_FLAGS, "to --data fashion-patches only")
+    if name.startswith(FILE_PREFIX):
+        refuse_flags(args, SYNTHETIC_FLAGS, "to --data synthetic only, not to a file")
+        refuse_flags(args, ("data_dir",), "to the data sets of an IDX folder, not to --data file:PATH")
+        return DataSpec.from_file(name[len(FILE_PREFIX):], args.test_data, args.samples, args.test_samples,
+                                  args.data_seed)
+    refuse_flags(args, ("test_data",), "to --data file:PATH only")
+    keys = {"synthetic": SYNTHETIC_FLAGS, "fashion-patches": CANVAS_FLAGS}[name]
     opts = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.data_dir is not None:
         opts["data_dir"] = args.data_dir
@@ -79,21 +135,26 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
 def add_train_args(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     g = p.add_argument_group("training (theory models: the paper's recipe by default)")
-    g.add_argument("--epochs", type=int, help=f"default: {d.epochs} for theory models, {FitConfig().epochs} for vision")
-    vision = ", ".join(f"{v['lr']} {k}" for k, v in OPTIM_DEFAULTS.items())
-    g.add_argument("--lr", type=float, help=f"learning rate (default: {d.lr} plain SGD for theory models; vision: "
-                                            f"{vision})")
+    g.add_argument("--epochs", type=int,
+                   help=f"default: {d.epochs} for theory models, the preset's recipe's for vision")
+    g.add_argument("--lr", type=float, help=f"peak learning rate (default: {d.lr} plain SGD for theory models; vision: "
+                                            "the recipe's, or the --optimizer family's)")
     g.add_argument("--batch-size", type=positive_int,
-                   help=f"default: {d.batch_size} for theory models, {FitConfig().batch_size} for vision")
+                   help=f"default: {d.batch_size} for theory models, the preset's recipe's for vision")
     g.add_argument("--router-epochs", type=int,
                    help=f"pmoe-separate: epochs of router training first (default: {d.router_epochs})")
     g.add_argument("--seed", type=int, default=0, help="initialisation and batch order (default: 0)")
+    g.add_argument("--eval-every", type=positive_int, metavar="E",
+                   help="test metrics (theory models: and routing) every E epochs and after the last, for curves in "
+                        f"metrics.jsonl (default: theory models after the last epoch only; vision every "
+                        f"{FitConfig().eval_every}, each with a checkpoint)")
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     d = TrainConfig()
     return TrainConfig(epochs=pick(args.epochs, d.epochs), batch_size=pick(args.batch_size, d.batch_size),
-                       lr=pick(args.lr, d.lr), seed=args.seed, router_epochs=pick(args.router_epochs, d.router_epochs))
+                       lr=pick(args.lr, d.lr), seed=args.seed, router_epochs=pick(args.router_epochs, d.router_epochs),
+                       eval_every=pick(args.eval_every, d.eval_every))
 
 
 def pick(value: Any, default: Any) -> Any:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from pmoe.cli.common import emit, positive_int
+from pmoe.cli.common import add_report_args, emit, positive_int
 from pmoe.experiments.demo import run_demo
 
 
@@ -11,11 +11,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the end-to-end demo into one report folder", description=__doc__)
     p.add_argument("--out", default="reports/demo", help="report folder (default: reports/demo)")
     p.add_argument("--workers", type=positive_int, help="parallel runs (default: CPU cores)")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_report_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = run_demo(args.out, args.workers, progress=not args.json)
+    summary = run_demo(args.out, args.workers, progress=not args.quiet)
     emit(summary, args.json, [f"demo finished in {summary['seconds']} s; open {args.out}/README.md"])
     return 0

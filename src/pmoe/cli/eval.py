@@ -1,15 +1,16 @@
 """`pmoe eval DIR`: evaluate a saved checkpoint on the data it was made with (rebuilt from its config.json).
 
-Theory checkpoints: train and test accuracy. Vision checkpoints: accuracy and loss on one split (default test), and
-per-group and worst-group accuracy on data sets with groups (the spurious-correlation sets)."""
+Theory checkpoints: train and test accuracy; pMoE models also how often the routers pick the class patch, trained and
+at the run's initial weights (rebuilt from its config and seed). Vision checkpoints: accuracy and loss on one split
+(default test), and per-group and worst-group accuracy on data sets with groups (the spurious-correlation sets)."""
 from __future__ import annotations
 
 import argparse
 
 from pmoe.checkpoints import read_config
-from pmoe.cli.common import emit, refuse_flags
+from pmoe.cli.common import emit, refuse_flags, routing_line
 from pmoe.data.vision import SPLITS
-from pmoe.runs import evaluate_checkpoint, summarize
+from pmoe.runs import evaluate_checkpoint, initial_theory_model, summarize
 from pmoe.train.image_runs import evaluate_run
 
 
@@ -33,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
     refuse_flags(args, ("split", "device"), "to vision checkpoints only")
     model, cfg, train_ds, test_ds = evaluate_checkpoint(args.checkpoint)
     result = {"checkpoint": args.checkpoint, "model": cfg["model"]["model"],
-              "epochs": cfg.get("train", {}).get("epochs"), **summarize(model, train_ds, test_ds)}
-    result.pop("routing", None)
+              "epochs": cfg.get("train", {}).get("epochs"),
+              **summarize(model, train_ds, test_ds, initial_theory_model(cfg))}
     emit(result, args.json, [f"{result['model']}: train accuracy {result['train_accuracy']:.4f}   "
-                             f"test accuracy {result['test_accuracy']:.4f}   parameters {result['params']}"])
+                             f"test accuracy {result['test_accuracy']:.4f}   parameters {result['params']}"]
+                            + ([routing_line(result["routing"])] if "routing" in result else []))
     return 0

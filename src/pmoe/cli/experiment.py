@@ -5,11 +5,11 @@ import argparse
 from dataclasses import replace
 from functools import partial
 
-from pmoe.cli.common import emit, positive_int
+from pmoe.cli.common import add_report_args, emit, positive_int
+from pmoe.cli.vision_args import add_recipe_args, recipe_changes
 from pmoe.experiments import image_samples, pruning_theory, routing_dynamics, sample_complexity, spurious
 from pmoe.experiments.sample_complexity import preset, run_experiment
 from pmoe.models import THEORY_MODELS
-from pmoe.train.optim import DEFAULTS, OPTIMIZERS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"models to compare: {', '.join(THEORY_MODELS)}, each optionally with config overrides, "
                         "e.g. cnn:neurons=40 pmoe:l=2")
     s.add_argument("--workers", type=positive_int, help="parallel runs (default: CPU cores)")
-    s.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_report_args(s)
     s.set_defaults(func=run_sample_complexity)
     t = exp.add_parser("prune-theory", help="expert pruning by router-norm change on the theory's synthetic data",
                        description=pruning_theory.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--quick", action="store_true", help="4 seeds, no post-pruning fine-tune (under a minute)")
     t.add_argument("--seeds", type=positive_int, help="seeds (default: 10, quick: 4)")
     t.add_argument("--workers", type=positive_int, help="parallel seeds (default: CPU cores)")
-    t.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_report_args(t)
     t.set_defaults(func=run_prune_theory)
     add_image_sweeps(exp)
     r = exp.add_parser("routing", help="discriminative routing over training: routers' hit rate of the class patch",
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--epochs", type=positive_int, help="training epochs")
     r.add_argument("--models", nargs="+", metavar="MODEL", help="pmoe, pmoe-separate, with overrides (pmoe:l=2)")
     r.add_argument("--workers", type=positive_int, help="parallel runs (default: CPU cores)")
-    r.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_report_args(r)
     r.set_defaults(func=run_routing)
 
 
@@ -73,34 +73,29 @@ def add_image_sweeps(exp: argparse._SubParsersAction) -> None:
         s.add_argument("--samples", type=positive_int, nargs="+", help="the N grid (training images)")
         s.add_argument("--test-samples", type=positive_int, help="a class-balanced subset of the test split")
         s.add_argument("--seeds", type=positive_int, help="seeds per point")
-        s.add_argument("--epochs", type=positive_int, help="training epochs per run (at least)")
         s.add_argument("--min-steps", type=int, help="optimizer steps per run at least: small N train more epochs "
                        "(default: the preset's; 0: none)")
-        s.add_argument("--batch-size", type=positive_int, help="default: the preset's (128; quick: 64)")
-        s.add_argument("--optimizer", choices=OPTIMIZERS, help="default: sgd (lr 0.1, weight decay 5e-4); adamw: lr "
-                       "1e-3, weight decay 0.05 unless --lr / --weight-decay say otherwise")
-        s.add_argument("--lr", type=float, help="peak learning rate")
-        s.add_argument("--weight-decay", type=float, help="on weights of 2+ dims")
-        s.add_argument("--warmup-steps", type=int, help="linear warm-up steps before the cosine (default: 0)")
-        s.add_argument("--no-augment", action="store_true", help="no random crop and flip (spurious: never any)")
+        g = s.add_argument_group("training: every model's recipe (pmoe.train.recipes) with the experiment's settings; "
+                                 "each flag changes one field")
+        g.add_argument("--epochs", type=positive_int, help="training epochs per run (at least)")
+        g.add_argument("--batch-size", type=positive_int)
+        g.add_argument("--lr", type=float, help="peak learning rate")
+        add_recipe_args(g)
         s.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")
         s.add_argument("--workers", type=positive_int, default=1,
                        help="runs trained at once, in worker processes (they share the GPU); default 1")
-        s.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+        add_report_args(s)
         s.set_defaults(func=partial(run_image_sweep, module))
 
 
 def run_image_sweep(module, args: argparse.Namespace) -> int:
     cfg = module.preset(args.data, args.quick)
-    if args.optimizer:  # its own default lr and weight decay, unless given
-        d = DEFAULTS[args.optimizer]
-        cfg.optimizer, cfg.lr, cfg.weight_decay = args.optimizer, d["lr"], d["weight_decay"]
-    for name in ("data_dir", "models", "samples", "test_samples", "seeds", "epochs", "min_steps", "batch_size", "lr",
-                 "weight_decay", "warmup_steps", "device"):
+    for name in ("data_dir", "models", "samples", "test_samples", "seeds", "min_steps", "device"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
-    cfg.augment = cfg.augment and not args.no_augment
-    summary = module.run_experiment(cfg, args.out, args.workers, progress=not args.json)
+    for name, value in recipe_changes(args).items():
+        setattr(cfg, name, value)
+    summary = module.run_experiment(cfg, args.out, args.workers, progress=not args.quiet)
     emit(summary, args.json, [summary["report"], f"{summary['runs']} runs in {summary['seconds']} s; "
                                                  f"report in {args.out}"])
     return 0
@@ -113,7 +108,7 @@ def _run(cfg, run_experiment_fn, args: argparse.Namespace) -> int:
             setattr(cfg, name, getattr(args, name))
     if args.data_dir:
         cfg.data_options["data_dir"] = args.data_dir
-    summary = run_experiment_fn(cfg, args.out, args.workers, progress=not args.json)
+    summary = run_experiment_fn(cfg, args.out, args.workers, progress=not args.quiet)
     emit(summary, args.json, [summary["report"], f"{summary['runs']} runs in {summary['seconds']} s; "
                                                  f"report in {args.out}"])
     return 0
@@ -126,7 +121,7 @@ def run_sample_complexity(args: argparse.Namespace) -> int:
 def run_prune_theory(args: argparse.Namespace) -> int:
     cfg = replace(pruning_theory.QUICK if args.quick else pruning_theory.FULL)
     cfg.seeds = args.seeds or cfg.seeds
-    summary = pruning_theory.run_experiment(cfg, args.out, args.workers, progress=not args.json)
+    summary = pruning_theory.run_experiment(cfg, args.out, args.workers, progress=not args.quiet)
     emit(summary, args.json, [summary["report"], f"{summary['seeds']} seeds in {summary['seconds']} s; "
                                                  f"report in {args.out}"])
     return 0

@@ -1,7 +1,8 @@
 """`pmoe finetune PRETRAINED_DIR --data ... --out DIR`: continue training a checkpoint on new data.
 
 Vision checkpoints: every weight is kept, except the classification head, which is initialised afresh when the data
-has another number of classes; the images must have the checkpoint's channels and size. Theory checkpoints: the
+has another number of classes; the images must have the checkpoint's channels and size; training takes the recipe of
+the checkpoint's preset (`pmoe.train.recipes`), each flag changing one field. Theory checkpoints: the
 model trains on new theory data of the same n and d (default: the checkpoint's) with the paper's recipe.
 config.json records {"pretrained": {"path": ..., "sha256": <SHA-256 of the parent's model.safetensors>}}."""
 from __future__ import annotations
@@ -10,14 +11,15 @@ import argparse
 from pathlib import Path
 
 from pmoe.checkpoints import read_config
-from pmoe.cli.common import (add_data_args, add_output_args, add_train_args, data_spec, emit, refuse_flags,
-                             train_config)
+from pmoe.cli.common import (add_data_args, add_output_args, add_train_args, data_spec, emit, is_theory_data,
+                             refuse_flags, train_config)
 from pmoe.cli.train import summary_lines
 from pmoe.cli.vision_args import THEORY_FLAGS, VISION_FLAGS, add_vision_args, fit_config, image_data_spec, resumable
 from pmoe.data import DATASETS
 from pmoe.errors import check
 from pmoe.runs import finetune as finetune_theory
 from pmoe.train.image_runs import finetune_preset
+from pmoe.train.recipes import checkpoint_recipe
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,22 +34,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    progress = not (args.quiet or args.json)
+    progress = not args.quiet  # on stderr: --json keeps stdout to the result
     cfg = read_config(args.pretrained)
     check(Path(args.out).resolve() != Path(args.pretrained).resolve(),
           f"--out {args.out} is the pretrained checkpoint's folder; fine-tune into another one")
     if cfg["arch"] == "theory":
-        check(args.data is None or args.data in DATASETS, f"{args.pretrained} holds a theory model; it takes --data "
-              f"{' or '.join(DATASETS)}, got {args.data!r}")
+        check(args.data is None or is_theory_data(args.data), f"{args.pretrained} holds a theory model; it takes "
+              f"--data {', '.join(DATASETS)} or file:PATH.npz, got {args.data!r}")
         refuse_flags(args, VISION_FLAGS, "to vision checkpoints only")
-        for k in ("n", "d"):  # synthetic data of the checkpoint's shape unless told otherwise
-            setattr(args, k, getattr(args, k) or cfg["model"][k])
+        if (args.data or "synthetic") == "synthetic":  # of the checkpoint's shape unless told otherwise
+            for k in ("n", "d"):
+                setattr(args, k, getattr(args, k) or cfg["model"][k])
         result = finetune_theory(args.pretrained, data_spec(args), train_config(args), args.out, progress)
     else:
-        check(args.data not in DATASETS, f"{args.pretrained} holds a vision model; it takes an image data set, got "
-              f"--data {args.data!r}")
+        check(args.data is None or not is_theory_data(args.data), f"{args.pretrained} holds a vision model; it takes "
+              f"an image data set, got --data {args.data!r}")
         refuse_flags(args, THEORY_FLAGS, "to theory checkpoints only")
-        result = resumable(args, lambda: finetune_preset(args.pretrained, image_data_spec(args), fit_config(args),
-                                                         args.out, args.resume, progress))
+        fit = fit_config(args, checkpoint_recipe(cfg))  # the parent's preset's recipe, flags on top
+        result = resumable(args, lambda: finetune_preset(args.pretrained, image_data_spec(args), fit, args.out,
+                                                         args.resume, progress))
     emit(result, args.json, summary_lines(result, args.out))
     return 0

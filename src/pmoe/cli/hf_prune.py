@@ -37,11 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of --method random (default 0)")
     p.add_argument("--out", required=True, help="output folder (must not exist)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     spec = PruneSpec(keep=args.keep, ratio=args.ratio, method=args.method, layers=args.layers, seed=args.seed)
-    report = prune_checkpoint(args.base, args.finetuned, args.out, spec, progress=True)
+    report = prune_checkpoint(args.base, args.finetuned, args.out, spec, progress=not args.quiet)
     print(json.dumps(report.to_dict()) if args.json else f"{report.summary()}\nwrote {args.out}")
     return 0

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 
 from pmoe.cli.common import emit, positive_int
+from pmoe.cli.vision_args import add_recipe_args, recipe_changes
 from pmoe.prune.pipeline import PruneConfig, prune_checkpoint
 from pmoe.prune.scores import METHODS
 from pmoe.prune.surgery import MODES
-from pmoe.prune.tasks import FinetuneConfig
+from pmoe.prune.tasks import RECIPE_FIELDS, FinetuneConfig
 
 
 def add_prune_args(p: argparse.ArgumentParser) -> None:
@@ -22,10 +23,13 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("finetuned", help="fine-tuned checkpoint folder (`pmoe finetune`)")
     p.add_argument("--pretrained", help="the checkpoint it was fine-tuned from (needed by the router-change methods)")
     p.add_argument("--mode", choices=MODES, default="zero", help="default: zero")
-    p.add_argument("--finetune-steps", type=int, default=0,
-                   help="post-pruning fine-tune steps (SGD momentum 0.9, warm-up + cosine, clip 10; default 0: none)")
-    p.add_argument("--lr", type=float, default=FinetuneConfig.lr, help="peak lr of the vision fine-tune (default: "
-                                                                       f"{FinetuneConfig.lr})")
+    p.add_argument("--finetune-steps", type=int, default=0, help="post-pruning fine-tune steps (default 0: none)")
+    g = p.add_argument_group("post-pruning fine-tune of a vision checkpoint: its preset's recipe (pmoe.train.recipes), "
+                             "each flag changing one field; the pruning paper's: --optimizer sgd --lr 0.01 "
+                             "--weight-decay 0 --clip-norm 10")
+    g.add_argument("--lr", type=float, help="peak learning rate")
+    g.add_argument("--batch-size", type=positive_int)
+    add_recipe_args(g)
     p.add_argument("--calib-samples", type=positive_int, default=256,
                    help="training samples of the data-driven methods (default: 256)")
     p.add_argument("--seed", type=int, default=0, help="of method random and of the fine-tune (default: 0)")
@@ -36,7 +40,7 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
 
 
 def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
-    return FinetuneConfig(steps=args.finetune_steps, lr=args.lr, seed=args.seed)
+    return FinetuneConfig(steps=args.finetune_steps, seed=args.seed, **recipe_changes(args, RECIPE_FIELDS))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

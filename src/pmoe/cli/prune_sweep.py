@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"criteria to compare, of {', '.join(METHODS)} (default: {' '.join(d.methods)})")
     p.add_argument("--ratios", nargs="+", type=float, default=d.ratios, metavar="R",
                    help=f"fractions of experts pruned per layer (default: {' '.join(map(str, d.ratios))})")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
     c = sub.add_parser("prune-combine", help="mean ± std over seeds of several prune-sweep reports",
                        description=combine_sweeps.__doc__)
@@ -34,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = SweepConfig(args.methods, args.ratios, args.mode, args.seed, args.calib_samples, finetune_config(args))
-    summary = prune_sweep(args.finetuned, args.pretrained, cfg, args.out, args.overwrite, args.device)
+    summary = prune_sweep(args.finetuned, args.pretrained, cfg, args.out, args.overwrite, args.device,
+                          progress=not args.quiet)
     emit(summary, args.json, [summary["report"], f"{summary['seconds']} s; report in {args.out}"])
     return 0
 

@@ -1,9 +1,13 @@
 """`pmoe route DIR`: which patches the routers of a checkpoint pick.
 
 Theory checkpoints (pmoe, pmoe-separate): how often each expert picks the class-discriminative patch, against chance
-l/n. Vision checkpoints (WRN-pMoE, ViT-MoE, E3): per class, the share of test images in which each expert of one MoE
+l/n, and the best expert of each class against the same routers at the run's initial weights (rebuilt from its config
+and seed; random routers can favour the class patch) and against the chance level of a max over k experts.
+Vision checkpoints (WRN-pMoE, ViT-MoE, E3): per class, the share of test images in which each expert of one MoE
 layer takes each cell (a ViT patch, a region of WRN-pMoE's feature map), most taken first; on the patch-canvas
-images also how often each expert's cells cover the class patch, against chance. `--png PATH` draws, for both, each expert's cells on example test images of every class, beside per-class heat maps of those shares."""
+images also how often each expert's cells cover the class patch, against chance and the run's initial weights.
+`--png PATH` draws, for both, each expert's cells on example test images of every class, beside per-class heat maps
+of those shares."""
 from __future__ import annotations
 
 import argparse
@@ -15,12 +19,12 @@ from torch import Tensor, nn
 from pmoe.analysis import ExpertCells, draw_routing_grid, examples_per_class, expert_cells, layer_index, pick_frequency
 from pmoe.analysis.hits import class_patch_hits
 from pmoe.checkpoints import load_checkpoint, read_config
-from pmoe.cli.common import emit, positive_int, refuse_flags
+from pmoe.cli.common import emit, positive_int, refuse_flags, routing_line
 from pmoe.data.patches import canvas_image
 from pmoe.data.vision import ImageBatches, seeded_generator
 from pmoe.errors import check
 from pmoe.metrics import discriminative_routing
-from pmoe.runs import evaluate_checkpoint
+from pmoe.runs import evaluate_checkpoint, initial_theory_model
 from pmoe.train import resolve_device
 from pmoe.train.image_runs import ImageDataSpec, initial_model
 
@@ -64,8 +68,11 @@ def _theory(args: argparse.Namespace) -> tuple[dict, list[str]]:
     model, cfg, _, test_ds = evaluate_checkpoint(args.checkpoint)
     check(hasattr(model, "moe"), f"{args.checkpoint} holds a {cfg['model']['model']!r} model, which has no routers")
     r = discriminative_routing(model, test_ds)
+    initial = initial_theory_model(cfg)
+    if initial is not None:
+        r["initial"] = discriminative_routing(initial, test_ds)
     lines = [f"chance (l/n) = {r['chance']:.3f}; some expert picks the discriminative patch in "
-             f"{r['any_expert']:.1%} of {len(test_ds)} test samples",
+             f"{r['any_expert']:.1%} of {len(test_ds)} test samples", routing_line(r),
              "expert   all      y=+1     y=-1"]
     lines += [f"{s:>6}   {a:.3f}    {p:.3f}    {m:.3f}" for s, (a, p, m) in
               enumerate(zip(r["per_expert"], r["per_class"]["+1"], r["per_class"]["-1"]))]
@@ -106,7 +113,8 @@ def _vision(args: argparse.Namespace) -> tuple[dict, list[str]]:
     if "disc_pos" in ds.attributes:  # canvases: how often the experts' cells cover the class patch
         hits = class_patch_hits(model, ds, layer, BATCH, device)
         lines.append(f"class patch covered by the best expert of each class in {hits['best_expert']:.3f} of the test "
-                     f"canvases (chance {hits['chance']:.3f}); per expert: "
+                     f"canvases (chance {hits['chance_best_expert']:.3f} for the best of {k} experts, "
+                     f"{hits['chance']:.3f} for one); per expert: "
                      + " ".join(f"{h:.3f}" for h in hits["per_expert"]))
         result["class_patch"] = hits
         initial = initial_model(args.checkpoint)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from pmoe.cli.common import (add_data_args, add_model_args, add_output_args, add_train_args, data_spec, emit,
-                             model_options, refuse_flags, train_config)
+                             is_theory_data, model_options, refuse_flags, routing_line, train_config)
 from pmoe.cli.vision_args import (THEORY_FLAGS, VISION_FLAGS, add_vision_args, fit_config, image_data_spec,
                                   resumable)
 from pmoe.data import DATASETS
@@ -16,6 +16,7 @@ from pmoe.models.presets import PRESETS
 from pmoe.options import parse_options
 from pmoe.runs import run as run_theory
 from pmoe.train.image_runs import train_preset
+from pmoe.train.recipes import recipe_for
 
 MODEL_FLAGS = ("experts", "neurons", "l", "gate", "pool")  # theory models' architecture flags
 
@@ -37,17 +38,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    progress = not (args.quiet or args.json)
+    progress = not args.quiet  # on stderr: --json keeps stdout to the result
     if args.model in THEORY_MODELS:
-        check(args.data is None or args.data in DATASETS, f"theory model {args.model!r} takes --data "
-              f"{' or '.join(DATASETS)}, got {args.data!r}; image data sets are for the vision presets")
+        check(args.data is None or is_theory_data(args.data), f"theory model {args.model!r} takes --data "
+              f"{', '.join(DATASETS)} or file:PATH.npz, got {args.data!r}; image data sets are for the vision presets")
         refuse_flags(args, VISION_FLAGS + ("model_opt",), "to vision presets only")
         result = run_theory(args.model, data_spec(args), train_config(args), model_options(args), args.out, progress)
     else:
-        check(args.data not in DATASETS, f"vision preset {args.model!r} takes an image data set, got --data "
-              f"{args.data!r} (a theory data set; its image form is fashion-patches-image)")
+        check(args.data is None or not is_theory_data(args.data), f"vision preset {args.model!r} takes an image data "
+              f"set, got --data {args.data!r} (theory data; fashion-patches as images: fashion-patches-image)")
         refuse_flags(args, THEORY_FLAGS + MODEL_FLAGS, "to theory models only (vision presets: --model-opt KEY=VALUE)")
-        result = resumable(args, lambda: train_preset(args.model, image_data_spec(args), fit_config(args), args.out,
+        fit = fit_config(args, recipe_for(args.model))
+        result = resumable(args, lambda: train_preset(args.model, image_data_spec(args), fit, args.out,
                                                       parse_options(args.model_opt, "--model-opt"), args.resume,
                                                       progress))
     emit(result, args.json, summary_lines(result, args.out))
@@ -62,6 +64,8 @@ def summary_lines(result: dict, out: str) -> list[str]:
              + (f"   worst-group accuracy {result['worst_group_accuracy']:.4f}"
                 if "worst_group_accuracy" in result else ""),
              f"trainable parameters {result['params']}   checkpoint: {out}"]
+    if "routing" in result:
+        lines.append(routing_line(result["routing"]))
     if "images_per_second" in result:
         lines.append(f"{result['images_per_second']:.0f} training images/s on {result['device']}")
     return lines

@@ -1,5 +1,6 @@
 """Flags of the vision runs (`pmoe train` with a vision preset, `pmoe finetune`): optimizer, schedule, device, data
-and preset options; beside the shared data and training flags of `pmoe.cli.common`."""
+and preset options; beside the shared data and training flags of `pmoe.cli.common`. The training flags change single
+fields of the preset's recipe (`pmoe.train.recipes`)."""
 from __future__ import annotations
 
 import argparse
@@ -8,28 +9,47 @@ from typing import Callable
 
 from pmoe.cli.common import pick, positive_int
 from pmoe.options import parse_options
-from pmoe.train import FitConfig, OptimConfig
+from pmoe.train import FitConfig
 from pmoe.train.image_runs import ImageDataSpec, finished
 from pmoe.train.optim import DEFAULTS, OPTIMIZERS, SCHEDULES
+from pmoe.train.recipes import FIELDS, Recipe, describe, override
 
 # Dests of the flags below (for refusing them with a theory model) and of the theory-only flags of `common`.
 VISION_FLAGS = ("optimizer", "momentum", "weight_decay", "warmup_steps", "schedule", "clip_norm", "max_steps",
-                "no_augment", "no_bf16", "device", "workers", "eval_batch_size", "data_opt", "resume")
-THEORY_FLAGS = ("n", "d", "noise", "similarity", "num_irrelevant", "router_epochs")
+                "augment", "no_augment", "no_bf16", "device", "workers", "eval_batch_size", "data_opt", "resume")
+THEORY_FLAGS = ("n", "d", "noise", "similarity", "num_irrelevant", "router_epochs", "classes", "grid", "test_data")
+
+
+def add_recipe_args(g: argparse._ArgumentGroup) -> None:
+    """The flags that change single fields of a training recipe (`pmoe.train.recipes.override`), beside --lr,
+    --epochs and --batch-size where a command has them."""
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help="another family brings its own lr, momentum and weight "
+                   "decay unless given (" + "; ".join(f"{k}: lr {v['lr']}, weight decay {v['weight_decay']}"
+                                                      for k, v in DEFAULTS.items()) + ")")
+    g.add_argument("--momentum", type=float, help="SGD momentum, AdamW beta1")
+    g.add_argument("--weight-decay", type=float, help="on weights of 2+ dims")
+    g.add_argument("--warmup-steps", type=int, help="linear warm-up steps, then the schedule; taken as given (a "
+                   "recipe's own warm-up is capped at a fraction of the run)")
+    g.add_argument("--schedule", choices=SCHEDULES, help="after the warm-up (cosine: to 0)")
+    g.add_argument("--clip-norm", type=float, help="clip gradients to this global norm; 0: none")
+    aug = g.add_mutually_exclusive_group()
+    aug.add_argument("--augment", action="store_true", help="random crop + flip of the training images")
+    aug.add_argument("--no-augment", action="store_true", help="no augmentation")
+
+
+def recipe_changes(args: argparse.Namespace, fields: tuple[str, ...] = FIELDS) -> dict:
+    """The recipe fields among `fields` that the flags give."""
+    augment = True if args.augment else False if args.no_augment else None
+    values = {k: augment if k == "augment" else getattr(args, k) for k in fields}
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def add_vision_args(p: argparse.ArgumentParser) -> None:
-    d, o = FitConfig(), OptimConfig()
-    g = p.add_argument_group("vision training (WRN, ViT, E3 presets)")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default: {o.name} (momentum {o.momentum})")
-    g.add_argument("--momentum", type=float, help=f"SGD momentum, AdamW beta1 (default: {o.momentum})")
-    g.add_argument("--weight-decay", type=float, help="on weights of 2+ dims (default: "
-                   + ", ".join(f"{v['weight_decay']} {k}" for k, v in DEFAULTS.items()) + ")")
-    g.add_argument("--warmup-steps", type=int, help="linear warm-up steps, then the schedule (default: 0)")
-    g.add_argument("--schedule", choices=SCHEDULES, help=f"after the warm-up (default: {o.schedule}, to 0)")
-    g.add_argument("--clip-norm", type=float, help="clip gradients to this global norm (default: no clipping)")
+    d = FitConfig()
+    g = p.add_argument_group("vision training (WRN, ViT, E3 presets): by default the preset's recipe (pmoe finetune: "
+                             "the parent's); each flag, --lr, --epochs and --batch-size too, changes one field of it")
+    add_recipe_args(g)
     g.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps (default: --epochs)")
-    g.add_argument("--no-augment", action="store_true", help="no random crop + flip of the training images")
     g.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on CUDA (float32)")
     g.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")
     g.add_argument("--workers", type=int, help="DataLoader workers decoding file-backed data sets (default: 0)")
@@ -39,18 +59,16 @@ def add_vision_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run in --out (same flags) where it stopped")
 
 
-def fit_config(args: argparse.Namespace) -> FitConfig:
-    d, o = FitConfig(), OptimConfig()
-    name = args.optimizer or o.name
-    optim = OptimConfig(name=name, lr=pick(args.lr, DEFAULTS[name]["lr"]), momentum=pick(args.momentum, o.momentum),
-                        weight_decay=pick(args.weight_decay, DEFAULTS[name]["weight_decay"]),
-                        warmup_steps=pick(args.warmup_steps, o.warmup_steps), schedule=args.schedule or o.schedule,
-                        clip_norm=args.clip_norm)
-    return FitConfig(epochs=pick(args.epochs, d.epochs), max_steps=args.max_steps,
-                     batch_size=pick(args.batch_size, d.batch_size), optim=optim, augment=not args.no_augment,
-                     bf16=not args.no_bf16, seed=args.seed, device=args.device or d.device,
-                     eval_batch_size=pick(args.eval_batch_size, d.eval_batch_size),
-                     num_workers=pick(args.workers, d.num_workers))
+def fit_config(args: argparse.Namespace, recipe: Recipe) -> FitConfig:
+    """`recipe` with the given flags' fields changed; printed on stderr (one line) unless --quiet or --json."""
+    d = FitConfig()
+    runtime = dict(max_steps=args.max_steps, bf16=not args.no_bf16, seed=args.seed, device=args.device or d.device,
+                   eval_batch_size=pick(args.eval_batch_size, d.eval_batch_size),
+                   num_workers=pick(args.workers, d.num_workers), eval_every=pick(args.eval_every, d.eval_every))
+    cfg = override(recipe.fit_config(**runtime), **recipe_changes(args))
+    if not (args.quiet or args.json):
+        print(f"pmoe {args.command}: {describe(cfg)}", file=sys.stderr)
+    return cfg
 
 
 def image_data_spec(args: argparse.Namespace) -> ImageDataSpec:

@@ -11,15 +11,16 @@ from pmoe.errors import check
 
 @dataclass
 class PatchDataset:
-    """Binary patch-classification data: x (N, n, d), y (N,) in {+1, -1}, disc_pos (N,).
+    """Binary patch-classification data: x (N, n, d), y (N,) in {+1, -1}, disc_pos (N,) or None.
 
-    `disc_pos[i]` is the index (0..n-1) of sample i's class-discriminative patch. `grid` and `patch_shape`
-    say how the n patches tile an image (row-major), when they come from one.
+    `disc_pos[i]` is the index (0..n-1) of sample i's class-discriminative patch; None where it is unknown (a
+    user's file without it: routing hit rates then cannot be measured). `grid` and `patch_shape` say how the n
+    patches tile an image (row-major), when they come from one.
     """
 
     x: torch.Tensor  # (N, n, d) float32 patches
     y: torch.Tensor  # (N,) float32 labels, +1 or -1
-    disc_pos: torch.Tensor  # (N,) int64 position of the class-discriminative patch
+    disc_pos: torch.Tensor | None  # (N,) int64 position of the class-discriminative patch, None if unknown
     grid: tuple[int, int] | None = None  # (rows, cols) of the patch grid, rows * cols == n
     patch_shape: tuple[int, ...] | None = None  # shape of one patch, prod == d, e.g. (28, 28)
     meta: dict = field(default_factory=dict)  # how it was made (json-serialisable)
@@ -32,11 +33,12 @@ class PatchDataset:
         check(self.y.shape == (N,) and self.y.dtype == torch.float32,
               f"PatchDataset.y must be a float32 tensor ({N},), got {self.y.dtype} {tuple(self.y.shape)}")
         check(bool(((self.y == 1) | (self.y == -1)).all()), "PatchDataset.y must hold only +1 and -1")
-        check(self.disc_pos.shape == (N,) and self.disc_pos.dtype == torch.int64,
-              f"PatchDataset.disc_pos must be an int64 tensor ({N},), "
-              f"got {self.disc_pos.dtype} {tuple(self.disc_pos.shape)}")
-        check(bool(((self.disc_pos >= 0) & (self.disc_pos < n)).all()),
-              f"PatchDataset.disc_pos must lie in [0, {n})")
+        if self.disc_pos is not None:
+            check(self.disc_pos.shape == (N,) and self.disc_pos.dtype == torch.int64,
+                  f"PatchDataset.disc_pos must be None or an int64 tensor ({N},), "
+                  f"got {self.disc_pos.dtype} {tuple(self.disc_pos.shape)}")
+            check(bool(((self.disc_pos >= 0) & (self.disc_pos < n)).all()),
+                  f"PatchDataset.disc_pos must lie in [0, {n})")
         if self.grid is not None:
             self.grid = tuple(self.grid)
             check(len(self.grid) == 2 and self.grid[0] * self.grid[1] == n,
@@ -61,8 +63,8 @@ class PatchDataset:
 
     def subset(self, idx: torch.Tensor) -> PatchDataset:
         """The samples picked by `idx` (indices or a boolean mask over N), same grid and meta."""
-        return PatchDataset(self.x[idx], self.y[idx], self.disc_pos[idx], self.grid, self.patch_shape,
-                            dict(self.meta))
+        disc_pos = None if self.disc_pos is None else self.disc_pos[idx]
+        return PatchDataset(self.x[idx], self.y[idx], disc_pos, self.grid, self.patch_shape, dict(self.meta))
 
 
 def balanced_labels(num_samples: int, gen: torch.Generator) -> torch.Tensor:

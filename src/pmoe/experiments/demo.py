@@ -29,7 +29,7 @@ def run_demo(out_dir: str | Path, workers: int | None = None, progress: bool = T
                                             epochs=60, router_epochs=30),
                                     out / "sample-complexity-synthetic", workers, progress),
     }
-    pruning = pruning_theory.run_experiment(pruning_theory.QUICK, out / "pruning-theory", workers)
+    pruning = pruning_theory.run_experiment(pruning_theory.QUICK, out / "pruning-theory", workers, progress)
     seconds = round(time.perf_counter() - start, 1)
     lines = ["# pmoe demo", "", f"Total wall time: {seconds} s.", ""]
     for name, summary in parts.items():

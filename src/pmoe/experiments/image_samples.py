@@ -5,9 +5,11 @@ each pMoE model reaches the dense model's accuracy at the largest N.
 Data: `fashion-patches-image` (default: the paper's MNIST canvases as 112x112 images of 4x4 Fashion-MNIST patches,
 one class patch, trouser vs ankle boot, 15 label-irrelevant patches), with `wrn-tiny` against `wrn-pmoe-tiny` built
 for 112x112 with regions of 7x7 on the 28x28 map, i.e. one region per canvas patch (n=16, l=2); or `fashion-mnist`
-with the paper's CIFAR pair (`wrn-cifar`, `wrn-pmoe-cifar`), or any image data set and presets. Training: SGD 0.1,
-momentum 0.9, weight decay 5e-4, cosine, batch 128; every run takes at least `min_steps` optimizer steps (small N
-train more epochs). Runs are saved in OUT/runs/MODEL/N<N>-seed<S> and resumed or read back on a re-run.
+with the paper's CIFAR pair (`wrn-cifar`, `wrn-pmoe-cifar`), or any image data set and presets. Training: each
+preset's recipe (`pmoe.train.recipes`; WRN: SGD 0.1, momentum 0.9, weight decay 5e-4, cosine, batch 128) with the
+sweep's epochs and augmentation (the Fashion-MNIST sweeps crop and flip, as their published figures did); every run
+takes at least `min_steps` optimizer steps (small N train more epochs). Runs are saved in OUT/runs/MODEL/N<N>-seed<S>
+and resumed or read back on a re-run.
 """
 from __future__ import annotations
 
@@ -20,13 +22,15 @@ from pmoe.experiments.image_sweep import ImageSweepConfig, group_runs, run_sweep
 from pmoe.io import write_json, write_text
 from pmoe.reports import line_plot, markdown_table, mean_std
 
+# 8 filters per expert: wrn-pmoe-tiny's width when REPRODUCTION §4 (a) was measured (the preset has 16 since).
 CANVAS = ImageSweepConfig(data="fashion-patches-image", data_options={"num_samples": 5000},
-                          models=["wrn-tiny", "wrn-pmoe-tiny:region=7,l=2"], samples=[250, 500, 1000, 5000],
+                          models=["wrn-tiny", "wrn-pmoe-tiny:region=7,l=2,expert_channels=8"], samples=[250, 500, 1000, 5000],
                           test_samples=2000, seeds=3, epochs=20, min_steps=400, augment=False)
 FASHION = ImageSweepConfig(data="fashion-mnist", models=["wrn-cifar", "wrn-pmoe-cifar"],
-                           samples=[1000, 4000, 16000], seeds=2, epochs=15, min_steps=600)
+                           samples=[1000, 4000, 16000], seeds=2, epochs=15, min_steps=600, augment=True)
 QUICK = ImageSweepConfig(data="fashion-mnist", models=["wrn-tiny", "wrn-pmoe-tiny"], model_options={"input_size": 28},
-                         samples=[500, 2000], test_samples=1000, seeds=2, epochs=5, min_steps=100, batch_size=64)
+                         samples=[500, 2000], test_samples=1000, seeds=2, epochs=5, min_steps=100, batch_size=64,
+                         augment=True)
 PRESETS = {"fashion-patches-image": CANVAS, "fashion-mnist": FASHION}
 
 

@@ -1,7 +1,8 @@
 """Sweeps of vision runs: every model preset x training-set size N x seed on one image data set, trained in parallel
 worker processes (several share a GPU), each run saved in OUT/runs/MODEL/N<N>-seed<S> and resumed or read back when
 the sweep is run again with the same flags (a finished run's config.json alone is enough to read it back). Shared by
-`pmoe experiment image-samples` and `pmoe experiment spurious`.
+`pmoe experiment image-samples` and `pmoe experiment spurious`. Each run trains with the recipe of its preset
+(`pmoe.train.recipes`), the sweep's settings changing single fields of it.
 
 Training FLOPs of a run: 3 x the forward FLOPs of one image (matmuls and convolutions, counted by torch's
 FlopCounterMode in eval mode; backward taken as twice the forward) x the training images it saw (epochs x N).
@@ -12,7 +13,8 @@ the best expert of each class in the first MoE layer covers the class patch ('cl
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -28,8 +30,9 @@ from pmoe.models.presets import PRESETS
 from pmoe.options import parse_spec
 from pmoe.prune.cost import forward_flops
 from pmoe.reports import mean_std
-from pmoe.train import FitConfig, OptimConfig
+from pmoe.train import FitConfig
 from pmoe.train.image_runs import ImageDataSpec, build_for_data, finished, initial_model, train_preset
+from pmoe.train.recipes import FIELDS, describe, override, recipe_for
 from pmoe.train.state import STATE, as_json, differences
 from pmoe.train.vision import RUNTIME_FIELDS, model_spec, resolve_device
 
@@ -44,26 +47,28 @@ class ImageSweepConfig:
     samples: list[int] = field(default_factory=lambda: [1000, 4000])  # N grid: class-balanced training subsets
     test_samples: int | None = None  # a class-balanced subset of the test split; None: all of it
     seeds: int = 3
-    epochs: int = 20
     min_steps: int = 0  # a run of N images trains max(epochs, ceil(min_steps / (N // batch_size))) epochs,
     # evaluated (and checkpointed) about `epochs` times
-    batch_size: int = 128
-    optimizer: str = "sgd"  # sgd | adamw (OptimConfig)
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    warmup_steps: int = 0
-    augment: bool = True  # random crop (4 px padding) and flip
+    # Fields of each preset's training recipe (pmoe.train.recipes) that the sweep changes; None: the recipe's.
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None  # sgd | adamw; another family brings its own lr, momentum, weight decay
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    warmup_steps: int | None = None  # taken as given
+    schedule: str | None = None
+    clip_norm: float | None = None  # 0: none
+    augment: bool | None = None  # random crop (4 px padding) and flip
     device: str = "auto"
 
-    def epochs_for(self, samples: int) -> int:
-        return max(self.epochs, -(-self.min_steps // max(1, samples // self.batch_size)))
-
-    def fit_config(self, samples: int, seed: int) -> FitConfig:
-        optim = OptimConfig(name=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
-                            warmup_steps=self.warmup_steps)
-        epochs = self.epochs_for(samples)
-        return FitConfig(epochs=epochs, batch_size=self.batch_size, optim=optim, augment=self.augment, seed=seed,
-                         device=self.device, eval_every=max(1, epochs // self.epochs))
+    def fit_config(self, spec: str, samples: int, seed: int) -> FitConfig:
+        """The settings of run (model spec, N, seed): the recipe of the spec's preset with the sweep's fields changed,
+        for at least `min_steps` steps."""
+        base = recipe_for(parse_model(spec)[0]).fit_config(seed=seed, device=self.device)
+        cfg = override(base, **{k: getattr(self, k) for k in FIELDS})
+        epochs = max(cfg.epochs, -(-self.min_steps // max(1, samples // cfg.batch_size)))
+        return replace(cfg, epochs=epochs, eval_every=max(1, epochs // cfg.epochs))
 
     def data_spec(self, samples: int | None) -> ImageDataSpec:
         return ImageDataSpec(self.data, self.data_dir, samples, self.test_samples, options=dict(self.data_options))
@@ -87,7 +92,7 @@ def run_one(cfg: ImageSweepConfig, out: Path, job: tuple[str, int, int]) -> dict
     if "result" in saved:  # read back; weights and state need not be there
         r = saved["result"]
     else:
-        r = train_preset(name, data, cfg.fit_config(samples, seed), path, {**cfg.model_options, **overrides},
+        r = train_preset(name, data, cfg.fit_config(spec, samples, seed), path, {**cfg.model_options, **overrides},
                          resume=(path / STATE).exists(), progress=False)
         model = load_checkpoint(path)[0]
         test = data.make("test") if model.moe_layers() else None
@@ -111,7 +116,7 @@ def check_finished(cfg: ImageSweepConfig, out: Path, job: tuple[str, int, int], 
     saved = read_config(path)
     keep = lambda fit: {k: v for k, v in fit.items() if k not in RUNTIME_FIELDS}  # noqa: E731
     diff = differences({"fit": keep(saved["fit"]), "data": saved["data"], "model": saved["model"]},
-                       as_json({"fit": keep(asdict(cfg.fit_config(samples, seed))),
+                       as_json({"fit": keep(asdict(cfg.fit_config(spec, samples, seed))),
                                 "data": asdict(cfg.data_spec(samples)), "model": model_spec(model)[1]}))
     check(not diff, f"the finished run in {path} was made with other settings; run the sweep into another "
                     f"folder. Differences (saved -> now): {'; '.join(diff)}")
@@ -137,6 +142,9 @@ def run_sweep(cfg: ImageSweepConfig, out_dir: str | Path, workers: int = 1, prog
     jobs = [(m, N, seed) for N in cfg.samples for m in cfg.models for seed in range(cfg.seeds)]
     for job in jobs:
         check_finished(cfg, Path(out_dir), job, built[job[0]][0])
+    if progress:  # the settings of each model (its epochs at the largest N)
+        for spec in cfg.models:
+            print(f"{spec}: {describe(cfg.fit_config(spec, max(cfg.samples), 0))}", file=sys.stderr)
     results = parallel_map(partial(run_one, cfg, Path(out_dir)), jobs, workers, progress)
     for r in results:
         r["flops_per_image"] = flops = built[r["model"]][1]

@@ -11,8 +11,9 @@ label-irrelevant background, like the q's.
    pattern, so no expert is task-irrelevant: measured in README.)
 2. Fine-tune the whole model on pair 0's binary task; the other pairs' patterns now appear as background.
 3. Task-relevant experts: those whose router picks the fine-tuning task's class-discriminative patch in at least
-   `relevant_hit` of the test samples of a class (chance l/n). Score all experts by each method and prune every
-   ratio in zero mode: test accuracy on the fine-tuning task, mean ± std over seeds.
+   `relevant_hit` of the test samples of a class (chance l/n; `hit_initial`: the same at the seed's initialisation).
+   Score all experts by each method and prune every ratio in zero mode: test accuracy on the fine-tuning task, mean ±
+   std over seeds.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from pmoe.data import PatchDataset, make_dataset
 from pmoe.experiments.runner import parallel_map
@@ -78,13 +79,24 @@ def _data(cfg: PruneTheoryConfig, split: str, samples: int, seed: int, active: l
 
 def _fit(model: nn.Module, ds: PatchDataset, epochs: int, seed: int) -> None:
     """The paper's recipe (plain SGD, lr 0.2, batch 20), evaluated only at the end."""
-    train(model, ds, ds, TrainConfig(epochs=epochs, seed=seed, log_routing=False, eval_every=epochs), progress=False)
+    train(model, ds, ds, TrainConfig(epochs=epochs, seed=seed, log_routing=False), progress=False)
+
+
+def initial(cfg: PruneTheoryConfig, seed: int) -> nn.Module:
+    """The joint pMoE of `seed` at its initialisation."""
+    return build_theory_model(theory_config("pmoe", cfg.n, cfg.d, experts=cfg.experts, l=cfg.l, neurons=cfg.neurons,
+                                            seed=seed))
+
+
+def expert_hits(model: nn.Module, ds: PatchDataset) -> tuple[Tensor, dict]:
+    """((k,) per expert the larger over the two classes of its hit rate of the class patch, the routing on ds)."""
+    routing = discriminative_routing(model, ds)
+    return torch.tensor([routing["per_class"]["+1"], routing["per_class"]["-1"]]).amax(dim=0), routing
 
 
 def pretrain(cfg: PruneTheoryConfig, seed: int) -> nn.Module:
     """Branch (each expert group on its pair's task alone), then mix (all experts on all tasks)."""
-    model = build_theory_model(theory_config("pmoe", cfg.n, cfg.d, experts=cfg.experts, l=cfg.l,
-                                             neurons=cfg.neurons, seed=seed))
+    model = initial(cfg, seed)
     g = cfg.experts // cfg.pairs
     for p in range(cfg.pairs if cfg.branch_epochs else 0):
         group = list(range(p * g, (p + 1) * g))
@@ -104,10 +116,10 @@ def run_seed(cfg: PruneTheoryConfig, seed: int) -> dict:
     ft_test = _data(cfg, "test", cfg.test_samples, 1000 * seed + 200, [0])
     finetuned = copy.deepcopy(pretrained)
     _fit(finetuned, ft_train, cfg.finetune_epochs, seed)
-    routing = discriminative_routing(finetuned, ft_test)
-    hit = torch.tensor([routing["per_class"]["+1"], routing["per_class"]["-1"]]).amax(dim=0)  # (k,)
+    hit, routing = expert_hits(finetuned, ft_test)  # (k,)
     rec = {"seed": seed, "pretrained_accuracy": evaluate(pretrained, ft_test)["accuracy"],
            "finetuned_accuracy": evaluate(finetuned, ft_test)["accuracy"], "hit": hit.tolist(),
+           "hit_initial": expert_hits(initial(cfg, seed), ft_test)[0].tolist(),
            "relevant": (hit >= cfg.relevant_hit).tolist(), "chance": routing["chance"], "scores": {}, "accuracy": {}}
     for method in cfg.methods:
         scores = score_experts(method, finetuned, pretrained, ft_train.x.split(256), seed=seed)
@@ -143,6 +155,8 @@ def _delta_plot(path: Path, runs: list[dict]) -> None:
                if x == rel]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=colour, label=label, alpha=0.7)
     ax.axhline(0, color="grey", linewidth=1)
+    ax.axvline(sum(max(r["hit_initial"]) for r in runs) / len(runs), color="grey", linestyle=":",
+               label="largest hit at init (mean)")
     ax.set(xlabel="share of a class's test samples whose class patch the expert routes", ylabel="Δ = ‖w(T)‖ − ‖w(0)‖",
            title=f"router-norm change per expert, {len(runs)} seeds")
     ax.legend()
@@ -177,13 +191,18 @@ def report(cfg: PruneTheoryConfig, runs: list[dict], out: Path) -> str:
                  for rel in (True, False)}
         auc = [separation(r, m) for m in cfg.methods]
         rows.append([r["seed"], f"{r['finetuned_accuracy']:.3f}", [i for i, x in enumerate(r["relevant"]) if x],
+                     f"{max(r['hit']):.3f} / {max(r['hit_initial']):.3f}",
                      f"{min(delta[True]):+.3f}" if delta[True] else "–",
                      f"{max(delta[False]):+.3f}" if delta[False] else "–"]
                     + [f"{a:.2f}" if a is not None else "–" for a in auc])
     text = ("Task-relevant experts and the separation of their scores from the others' (AUC: the share of "
             "(relevant, irrelevant) expert pairs that the method ranks right; 1 = perfect, 0.5 = chance):\n\n"
-            + markdown_table(["seed", "fine-tuned accuracy", "task-relevant experts", "smallest Δ of relevant",
-                              "largest Δ of irrelevant"] + [f"AUC {m}" for m in cfg.methods], rows))
+            + markdown_table(["seed", "fine-tuned accuracy", f"task-relevant experts (hit ≥ {cfg.relevant_hit:g})",
+                              "largest hit: fine-tuned / at init", "smallest Δ of relevant",
+                              "largest Δ of irrelevant"] + [f"AUC {m}" for m in cfg.methods], rows)
+            + f"\nHit: the share of a class's test samples whose class patch an expert's router takes, the larger "
+              f"over the two classes (chance l/n = {runs[0]['chance']:.3f} for one expert); at init: the same "
+              "model at the seed's initialisation, before any training.\n")
     rows = [[f"{r:g}", cfg.experts - round(r * cfg.experts)]
             + [" → ".join(_fmt(acc[(m, i, j)]) for j in range(len(stages))) for m in cfg.methods]
             for i, r in enumerate(cfg.ratios)]

@@ -1,9 +1,11 @@
 """Discriminative routing over training (pMoE, ICML 2023): how often the routers pick the class patch.
 
-Trains joint pMoE and separate pMoE on the patch-canvas task (or synthetic data) and records, after every epoch of
-router training, how often the best expert of each class takes that class's discriminative patch in the test set,
-against chance l/n, with the test accuracy. Joint pMoE's routers train with its experts; separate pMoE's routers
-train first (its later epochs keep them frozen).
+Trains joint pMoE and separate pMoE on the patch-canvas task (or synthetic data) and records, at the initial weights
+(epoch 0) and after every epoch of router training, how often the best expert of each class takes that class's
+discriminative patch in the test set, with the test accuracy. Chance: that max over k experts if each took l random
+patches (`chance_best_expert`), and l/n for one expert; random routers at initialisation can already be far above
+both. Joint pMoE's routers train with its experts; separate pMoE's routers train first (its later epochs keep them
+frozen).
 """
 from __future__ import annotations
 
@@ -35,10 +37,13 @@ class RoutingDynamicsConfig:
 QUICK = RoutingDynamicsConfig(samples=300, test_samples=1000, seeds=2, epochs=30, router_epochs=20)
 
 
-def _curve(history: list[dict], model: str) -> list[dict]:
-    """The records of the epochs in which the routers trained."""
-    stage = "routers" if model == "pmoe-separate" else "train"
-    return [r for r in history if r["stage"] == stage]
+def _curve(run: dict) -> list[dict]:
+    """Hit rates at the initial weights (epoch 0, no accuracy) and after each epoch in which the routers trained."""
+    stage = "routers" if run["model"] == "pmoe-separate" else "train"
+    initial = run["routing"]["initial"]
+    return [{"epoch": 0, "best_expert": initial["best_expert"], "any_expert": initial["any_expert"]}] + [
+        {"epoch": c["epoch"], "best_expert": c["routing"]["best_expert"], "any_expert": c["routing"]["any_expert"],
+         "test_accuracy": c["test_accuracy"]} for c in run.pop("history") if c["stage"] == stage]
 
 
 def run_experiment(cfg: RoutingDynamicsConfig, out_dir: str | Path, workers: int | None = None,
@@ -54,36 +59,38 @@ def run_experiment(cfg: RoutingDynamicsConfig, out_dir: str | Path, workers: int
     for spec in cfg.models:
         name, options = parse_model(spec)
         check(name != "cnn", "the CNN has no routers; compare pmoe and pmoe-separate (with overrides)")
-        jobs += [Job(name, data, TrainConfig(epochs=cfg.epochs, router_epochs=cfg.router_epochs, seed=s), options,
-                     tags={"spec": spec}, history=True) for s in range(cfg.seeds)]
+        jobs += [Job(name, data, TrainConfig(epochs=cfg.epochs, router_epochs=cfg.router_epochs, seed=s, eval_every=1),
+                     options, tags={"spec": spec}, history=True) for s in range(cfg.seeds)]
     runs = run_jobs(jobs, workers, progress)
     for r in runs:
-        r["curve"] = [{"epoch": c["epoch"], "best_expert": c["routing"]["best_expert"],
-                       "any_expert": c["routing"]["any_expert"], "test_accuracy": c["test_accuracy"]}
-                      for c in _curve(r.pop("history"), r["model"])]
+        r["curve"] = _curve(r)
     curves = {m: [r["curve"] for r in runs if r["spec"] == m] for m in cfg.models}
-    chance = {m: next(r["routing"]["chance"] for r in runs if r["spec"] == m) for m in cfg.models}
+    routing = {m: next(r["routing"] for r in runs if r["spec"] == m) for m in cfg.models}
 
-    def series(key) -> dict[str, tuple[list, list, list]]:
+    def series(key: str) -> dict[str, tuple[list, list, list]]:
         out_ = {}
         for m, cs in curves.items():
-            epochs = [rec["epoch"] for rec in cs[0]]
-            stats = [mean_std([key(c[i]) for c in cs]) for i in range(len(epochs))]
+            by_epoch = [{rec["epoch"]: rec[key] for rec in c if key in rec} for c in cs]
+            epochs = sorted(by_epoch[0])
+            stats = [mean_std([b[e] for b in by_epoch]) for e in epochs]
             out_[m] = (epochs, [a for a, _ in stats], [b for _, b in stats])
         return out_
 
-    hit = series(lambda rec: rec["best_expert"])
-    acc = series(lambda rec: rec["test_accuracy"])
+    hit = series("best_expert")
+    acc = series("test_accuracy")
     title = f"{cfg.data}, N={cfg.samples}, mean ± std over {cfg.seeds} seeds"
-    line_plot(out / "routing_over_training.png", hit, "epoch of router training",
+    line_plot(out / "routing_over_training.png", hit, "epoch of router training (0: initial weights)",
               "best expert's hit rate of the class patch", title)
     line_plot(out / "accuracy_over_training.png", acc, "epoch of router training", "test accuracy", title)
-    marks = sorted({e for m in cfg.models for e in hit[m][0] if e in (1, 2, 5, 10, 20, 30, 50, 100, 150)
+    marks = sorted({e for m in cfg.models for e in hit[m][0] if e in (0, 1, 2, 5, 10, 20, 30, 50, 100, 150)
                     or e == hit[m][0][-1]})
-    rows = [[e] + [f"{hit[m][1][hit[m][0].index(e)]:.3f} / {acc[m][1][acc[m][0].index(e)]:.3f}"
+    rows = [[e] + [f"{hit[m][1][hit[m][0].index(e)]:.3f} / "
+                   + (f"{acc[m][1][acc[m][0].index(e)]:.3f}" if e in acc[m][0] else "–")
                    if e in hit[m][0] else "–" for m in cfg.models] for e in marks]
-    report = ("Best expert's hit rate of the discriminative patch / test accuracy, mean over seeds "
-              f"(chance: {', '.join(f'{m} {chance[m]:.3f}' for m in cfg.models)}):\n\n"
+    chance = ", ".join(f"{m} {routing[m]['chance_best_expert']:.3f} for the best of {len(routing[m]['per_expert'])} "
+                       f"experts, {routing[m]['chance']:.3f} = l/n for one" for m in cfg.models)
+    report = ("Best expert's hit rate of the discriminative patch / test accuracy, mean over seeds; epoch 0: the "
+              f"initial weights (chance under random routing: {chance}):\n\n"
               + markdown_table(["epoch"] + cfg.models, rows))
     seconds = round(time.perf_counter() - start, 1)
     write_json(out / "results.json", {"config": asdict(cfg), "seconds": seconds, "runs": runs})

@@ -75,21 +75,24 @@ def _jobs(cfg: SampleComplexityConfig) -> list[Job]:
                 for seed in range(cfg.seeds):
                     data = DataSpec(cfg.data, N, cfg.test_samples, 0, opts)
                     train = TrainConfig(epochs=cfg.epochs, router_epochs=cfg.router_epochs, seed=seed,
-                                        log_routing=False, eval_every=max(cfg.epochs, cfg.router_epochs))
+                                        log_routing=False)
                     jobs.append(Job(model, data, train, model_opts, tags={"spec": spec, **({"n": n} if n else {})}))
     return jobs
 
 
 def aggregate(results: list[dict], keys: tuple[str, ...]) -> dict[tuple, dict]:
-    """Group results by `keys` -> {'acc': (mean, std), 'routing': mean best-expert hit rate, 'runs': count}."""
+    """Group results by `keys` -> {'acc': (mean, std), 'routing': mean best-expert hit rate, 'routing_initial': the
+    same at the runs' initial weights, 'runs': count}."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     out = {}
     for key, rs in sorted(groups.items()):
-        hits = [r["routing"]["best_expert"] for r in rs if "routing" in r]
+        routed = [r["routing"] for r in rs if "routing" in r]
         out[key] = {"acc": mean_std([r["test_accuracy"] for r in rs]), "runs": len(rs),
-                    "routing": sum(hits) / len(hits) if hits else None}
+                    "routing": mean([h["best_expert"] for h in routed]),
+                    "routing_initial": mean([h["initial"]["best_expert"] for h in routed if "initial" in h])}
     return out
 
 
@@ -110,12 +113,21 @@ def _accuracy_report(cfg: SampleComplexityConfig, results: list[dict], out: Path
                     (f"N={match} samples." if match else "none of the sample sizes tried.")
     moe = [m for m in cfg.models if agg[(m, cfg.samples[0])]["routing"] is not None]
     if moe:
-        chance = {m: next(r["routing"]["chance"] for r in results if r["spec"] == m) for m in moe}
-        text += ("\n\nHow often the best expert of each class takes its discriminative patch (test set; chance l/n "
-                 "in the header):\n\n" + markdown_table(["N"] + [f"{m} (chance {chance[m]:.3f})" for m in moe],
-                                                        [[N] + [f"{agg[(m, N)]['routing']:.3f}" for m in moe]
-                                                         for N in cfg.samples]))
+        text += "\n\n" + _routing_table(cfg.samples, moe, agg, results)
     return text
+
+
+def _routing_table(samples: list[int], models: list[str], agg: dict[tuple, dict], results: list[dict]) -> str:
+    """Markdown: the best expert's hit rate of the class patch per N, trained and at the initial weights."""
+    routing = {m: next(r["routing"] for r in results if r["spec"] == m) for m in models}
+    header = [f"{m}: trained / at init (chance: {routing[m]['chance_best_expert']:.3f} best of "
+              f"{len(routing[m]['per_expert'])}, {routing[m]['chance']:.3f} one)" for m in models]
+    rows = [[N] + [f"{agg[(m, N)]['routing']:.3f} / {agg[(m, N)]['routing_initial']:.3f}" for m in models]
+            for N in samples]
+    return ("How often the best expert of each class takes its discriminative patch (test set, mean over seeds), "
+            "after training and at the same runs' initial weights. Chance: the expected value of that max over k "
+            "experts if each took l random patches of n, and l/n for one expert:\n\n"
+            + markdown_table(["N"] + header, rows))
 
 
 def _n_over_l_report(cfg: SampleComplexityConfig, results: list[dict], out: Path) -> str:

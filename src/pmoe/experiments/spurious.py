@@ -5,9 +5,9 @@ average and worst-group test accuracy (groups: label x nuisance), mean ± std ov
 Data: `fashion-spurious` (Fashion-MNIST {T-shirt, Pullover} vs {Coat, Shirt}; nuisance: a white 4x4 stamp in the
 top-left corner), or `celeba-spurious` (the paper's: Smiling vs not, nuisance blond vs black hair; CelebA on disk).
 N training images: a class-balanced random subset of the 95/5 train split, fixed across training seeds (so each
-class holds about 5% nuisance-disagreeing images). Training: the paper's recipe, SGD lr 0.1 (momentum 0.9, weight
-decay 5e-4, cosine schedule: `FitConfig` defaults), batch 128, 50 epochs, no augmentation (a crop would move the
-stamp). Every run is saved in OUT/runs/MODEL/N<N>-seed<S> (`pmoe eval`, `pmoe route --png`); an interrupted
+class holds about 5% nuisance-disagreeing images). Training: each preset's recipe (`pmoe.train.recipes`; WRN: SGD
+lr 0.1, momentum 0.9, weight decay 5e-4, cosine, batch 128, 50 epochs), never with augmentation (a crop would move
+the stamp). Every run is saved in OUT/runs/MODEL/N<N>-seed<S> (`pmoe eval`, `pmoe route --png`); an interrupted
 experiment re-run with the same flags resumes its runs.
 """
 from __future__ import annotations
@@ -25,11 +25,13 @@ from pmoe.reports import markdown_table, mean_std, plt
 DATASETS = ("fashion-spurious", "celeba-spurious")
 METRICS = ("test_accuracy", "worst_group_accuracy")  # average and worst-group test accuracy
 
-# Fashion: the tiny pair, both zero-padding 28x28 into 32x32 (the pMoE's 4x4 regions of 8x8 px: the stamp is in one).
-FASHION = ImageSweepConfig(data="fashion-spurious", models=["wrn-tiny", "wrn-pmoe-tiny"],
+# Fashion: the tiny pair, both zero-padding 28x28 into 32x32 (the pMoE's 4x4 regions of 8x8 px: the stamp is in one);
+# 8 filters per expert, wrn-pmoe-tiny's width when REPRODUCTION §5 was measured (the preset has 16 since).
+FASHION = ImageSweepConfig(data="fashion-spurious", models=["wrn-tiny", "wrn-pmoe-tiny:expert_channels=8"],
                            model_options={"input_size": 28}, samples=[1000, 2000, 4000, 8000, 12000], seeds=5,
                            epochs=50, augment=False)
-FASHION_QUICK = replace(FASHION, samples=[800], test_samples=500, seeds=2, epochs=4, batch_size=64)
+FASHION_QUICK = replace(FASHION, models=["wrn-tiny", "wrn-pmoe-tiny"], samples=[800], test_samples=500, seeds=2,
+                        epochs=4, batch_size=64)
 # CelebA 64x64: the paper's WRN-10-10 pair (pMoE: 8 experts, n=16 regions of 4x4 of the 16x16 map, l=2).
 CELEBA = ImageSweepConfig(data="celeba-spurious", models=["wrn-celeba", "wrn-pmoe-celeba"],
                           samples=[2000, 4000, 8000, 16000], seeds=5, epochs=50, augment=False)
@@ -63,8 +65,8 @@ def bar_plot(path: Path, cfg: ImageSweepConfig, stats: dict) -> None:
                label=f"{m}: {'average' if kind == METRICS[0] else 'worst-group'}")
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
     ax.set_xticks(range(len(cfg.samples)), [f"N={N}" for N in cfg.samples])
-    ax.set(ylabel="test accuracy", ylim=(0, 1), title=f"{cfg.data}: mean ± std over {cfg.seeds} seeds, "
-                                                      f"{cfg.epochs} epochs")
+    ax.set(ylabel="test accuracy", ylim=(0, 1), title=f"{cfg.data}: mean ± std over {cfg.seeds} seeds"
+                                                      + (f", {cfg.epochs} epochs" if cfg.epochs else ""))
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from pmoe.errors import check
 from pmoe.io import write_json, write_text
@@ -78,8 +79,9 @@ def _report(cfg: SweepConfig, base: dict, points: list[dict], out: Path) -> str:
 
 
 def prune_sweep(finetuned_dir: str | Path, pretrained_dir: str | Path | None, cfg: SweepConfig, out_dir: str | Path,
-                overwrite: bool = False, device: str = "auto") -> dict:
-    """Evaluate cfg.methods × cfg.ratios on a fine-tuned checkpoint; write the report into `out_dir`."""
+                overwrite: bool = False, device: str = "auto", progress: bool = False) -> dict:
+    """Evaluate cfg.methods × cfg.ratios on a fine-tuned checkpoint; write the report into `out_dir`; `progress`:
+    a bar over the (method, ratio) points on stderr."""
     start = time.perf_counter()
     out = Path(out_dir)
     check_output(out, overwrite)
@@ -93,9 +95,13 @@ def prune_sweep(finetuned_dir: str | Path, pretrained_dir: str | Path | None, cf
     x = pair.task.example(cfg.batch_size)
     base = {"accuracy": accuracy(pair.task, pair.finetuned), "cost": model_cost(pair.finetuned, x)}
     points = []
+    bar = tqdm(total=len(configs), desc="prune-sweep", unit="point", disable=not progress)
     for m in cfg.methods:
         scores = scores_for(pair, m, configs[(m, cfg.ratios[0])])
-        points += [_point(pair, scores, configs[(m, r)], m == cfg.methods[0], x) for r in cfg.ratios]
+        for r in cfg.ratios:
+            points.append(_point(pair, scores, configs[(m, r)], m == cfg.methods[0], x))
+            bar.update()
+    bar.close()
     seconds = round(time.perf_counter() - start, 1)
     with output_folder(out) as tmp:
         table = _report(cfg, base, points, tmp)

@@ -2,15 +2,16 @@
 
 `make_task(config)` reads the `data` section a checkpoint was trained with: a theory `DataSpec` (`pmoe train`,
 `pmoe finetune` of theory models) or a vision `ImageDataSpec` (`pmoe train-vision`-style runs and their fine-tunes).
-Post-pruning fine-tune (`FinetuneConfig`): vision models take the official recipe (SGD momentum 0.9, linear warm-up
-then cosine, gradient clipping at 10, no weight decay) for `steps` optimizer steps of `fit`, batch size and
-augmentation as the checkpoint was trained; theory models the paper's recipe (plain SGD, lr 0.2, batch 20) for
-ceil(steps·20/N) epochs of `pmoe.train.train`.
+Post-pruning fine-tune (`FinetuneConfig`): vision models take the training recipe of the checkpoint's preset
+(`pmoe.train.recipes`, its warm-up capped at 10% of the steps for the ViTs) for `steps` optimizer steps of `fit`, the
+config's fields changing single ones of it (the pruning paper's official fine-tune: optimizer sgd, lr 0.01, weight
+decay 0, clip_norm 10, momentum 0.9, warm-up then cosine); theory models the paper's recipe (plain SGD, lr 0.2, batch
+20) for ceil(steps·20/N) epochs of `pmoe.train.train`.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Protocol
 
 import torch
@@ -20,17 +21,31 @@ from pmoe.data.vision import ImageBatches, ImageDataset, balanced_subset
 from pmoe.errors import check
 from pmoe.metrics import evaluate
 from pmoe.runs import DataSpec
-from pmoe.train import FitConfig, OptimConfig, TrainConfig, evaluate_images, fit, train
+from pmoe.train import TrainConfig, evaluate_images, fit, train
 from pmoe.train.image_runs import ImageDataSpec
+from pmoe.train.recipes import FIELDS, checkpoint_recipe, override
+
+RECIPE_FIELDS = tuple(f for f in FIELDS if f != "epochs")  # a post-pruning fine-tune counts steps
 
 
 @dataclass
 class FinetuneConfig:
     steps: int = 0  # optimizer steps after pruning; 0 = none
-    lr: float = 0.01  # peak learning rate (vision)
-    warmup_steps: int | None = None  # linear warm-up (vision); None = steps // 10
-    clip_norm: float = 10.0  # gradient clipping by global norm (vision)
     seed: int = 0
+    # Vision: fields of the checkpoint's recipe (pmoe.train.recipes.override) to change; None: the recipe's.
+    optimizer: str | None = None  # sgd | adamw; another family brings its own lr, momentum, weight decay
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    warmup_steps: int | None = None  # taken as given
+    schedule: str | None = None
+    clip_norm: float | None = None  # 0: none
+    batch_size: int | None = None
+    augment: bool | None = None
+
+    def changes(self) -> dict:
+        """The recipe fields this config changes."""
+        return {k: getattr(self, k) for k in RECIPE_FIELDS if getattr(self, k) is not None}
 
 
 class Task(Protocol):
@@ -59,6 +74,8 @@ class TheoryTask:
         return self.test.x[:batch_size]
 
     def finetune(self, model: nn.Module, cfg: FinetuneConfig) -> None:
+        check(not cfg.changes(), f"the post-pruning fine-tune of a theory model takes the paper's recipe; "
+                                 f"{sorted(cfg.changes())} apply to vision checkpoints only")
         tc = TrainConfig(seed=cfg.seed, router_epochs=0, log_routing=False)
         tc.epochs = math.ceil(cfg.steps * tc.batch_size / len(self.train))
         train(model, self.train, self.test, tc, progress=False)
@@ -70,7 +87,7 @@ class VisionTask:
     def __init__(self, config: dict, device: torch.device) -> None:
         spec = ImageDataSpec(**config["data"])
         self.train, self.test, self.device = spec.make("train"), spec.make("test"), device
-        self.fit = config.get("fit", {})
+        self.recipe = checkpoint_recipe(config)
 
     def _batches(self, ds: ImageDataset, batch_size: int) -> Iterator[Tensor]:
         return (x for x, _ in ImageBatches(ds, batch_size, device=self.device))
@@ -85,13 +102,12 @@ class VisionTask:
         return next(self._batches(self.test, batch_size))
 
     def finetune(self, model: nn.Module, cfg: FinetuneConfig) -> None:
-        batch = min(self.fit.get("batch_size", 128), len(self.train))
-        optim = OptimConfig("sgd", cfg.lr, momentum=0.9, weight_decay=0.0, clip_norm=cfg.clip_norm,
-                            warmup_steps=cfg.steps // 10 if cfg.warmup_steps is None else cfg.warmup_steps)
-        fit(model, self.train, None, FitConfig(epochs=math.ceil(cfg.steps / (len(self.train) // batch)),
-                                              max_steps=cfg.steps, batch_size=batch, optim=optim,
-                                              augment=self.fit.get("augment", True), seed=cfg.seed,
-                                              device=str(self.device)), progress=False)
+        """`cfg.steps` steps of the checkpoint's recipe (batch size at most the training set) with cfg's changes."""
+        fc = override(self.recipe.fit_config(max_steps=cfg.steps, seed=cfg.seed, device=str(self.device)),
+                      **cfg.changes())
+        batch = min(fc.batch_size, len(self.train))
+        epochs = math.ceil(cfg.steps / (len(self.train) // batch))
+        fit(model, self.train, None, replace(fc, batch_size=batch, epochs=epochs), progress=False)
 
 
 def make_task(config: dict, device: torch.device) -> Task:

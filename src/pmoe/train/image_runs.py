@@ -1,7 +1,8 @@
 """Vision runs from a spec, for the CLI: train a preset on an image data set, fine-tune a checkpoint, evaluate one.
 
 A run's folder is `fit`'s checkpoint plus the sections `preset`, `data` (an `ImageDataSpec`, enough to rebuild the
-data), `pretrained` (fine-tuning: parent path and weights' SHA-256) and, once done, `result`.
+data), `recipe` (the training recipe its `fit` settings start from: name, source, fields changed), `pretrained`
+(fine-tuning: parent path and weights' SHA-256) and, once done, `result`.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pmoe.io import write_json
 from pmoe.models.presets import build_preset, preset
 from pmoe.runs import num_params
 from pmoe.train.evaluate import evaluate_images
+from pmoe.train.recipes import record
 from pmoe.train.vision import FitConfig, fit, resolve_device
 
 VISION_ARCHS = ("wrn", "vit", "e3")
@@ -119,8 +121,9 @@ def finetune_preset(pretrained: str | Path, data: ImageDataSpec, cfg: FitConfig,
 
 def _fit(model: nn.Module, name: str | None, data: ImageDataSpec, train_ds: ImageDataset, test_ds: ImageDataset,
          cfg: FitConfig, out_dir: str | Path, resume: bool, progress: bool, start: float, **meta: dict) -> dict:
+    recipe = {"recipe": record(cfg)} if cfg.recipe is not None else {}
     history = fit(model, train_ds, test_ds, cfg, out_dir, resume, progress,
-                  checkpoint_meta={"preset": name, "data": dataclasses.asdict(data), **meta})
+                  checkpoint_meta={"preset": name, "data": dataclasses.asdict(data), **recipe, **meta})
     last = history[-1]
     tr = evaluate_images(model, train_ds, cfg.eval_batch_size, num_workers=cfg.num_workers)
     result = {"model": name, "data": data.name, "samples": len(train_ds), "test_samples": len(test_ds),

@@ -12,7 +12,9 @@ from pmoe.errors import check
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
-DEFAULTS = {"sgd": {"lr": 0.1, "weight_decay": 5e-4}, "adamw": {"lr": 1e-3, "weight_decay": 0.05}}  # for the CLI
+# Family defaults: what a run takes for the fields that belong to the optimizer when a flag switches to it.
+DEFAULTS = {"sgd": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
+            "adamw": {"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.05}}
 
 
 @dataclass
@@ -22,15 +24,18 @@ class OptimConfig:
     momentum: float = 0.9  # SGD momentum; AdamW's beta1
     weight_decay: float = 5e-4  # on weights of 2 or more dims only (no biases, norms, embeddings of 1 dim)
     warmup_steps: int = 0  # linear warm-up, then cosine decay to 0 over the remaining steps
+    warmup_cap: float = 1.0  # the warm-up lasts at most this fraction of the run's steps (short runs warm up less)
     schedule: str = "cosine"  # cosine | constant (after the warm-up)
     clip_norm: float | None = None  # gradient clipping by global norm
 
     def __post_init__(self) -> None:
         check(self.name in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.name!r}")
         check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        check(self.lr > 0 and self.weight_decay >= 0 and 0 <= self.momentum < 1 and self.warmup_steps >= 0,
-              f"need lr > 0, weight_decay >= 0, 0 <= momentum < 1, warmup_steps >= 0; got lr={self.lr}, "
-              f"weight_decay={self.weight_decay}, momentum={self.momentum}, warmup_steps={self.warmup_steps}")
+        check(self.lr > 0 and self.weight_decay >= 0 and 0 <= self.momentum < 1 and self.warmup_steps >= 0
+              and 0 < self.warmup_cap <= 1,
+              f"need lr > 0, weight_decay >= 0, 0 <= momentum < 1, warmup_steps >= 0, 0 < warmup_cap <= 1; got "
+              f"lr={self.lr}, weight_decay={self.weight_decay}, momentum={self.momentum}, "
+              f"warmup_steps={self.warmup_steps}, warmup_cap={self.warmup_cap}")
         check(self.clip_norm is None or self.clip_norm > 0, f"clip_norm must be > 0 or None, got {self.clip_norm}")
 
 
@@ -61,6 +66,11 @@ class Schedule:
         return 0.5 * (1 + math.cos(math.pi * (step - self.warmup) / max(1, self.total - self.warmup)))
 
 
+def warmup_length(cfg: OptimConfig, total_steps: int) -> int:
+    """Warm-up steps of a run of `total_steps`: min(warmup_steps, floor(warmup_cap * total_steps))."""
+    return min(cfg.warmup_steps, math.floor(cfg.warmup_cap * total_steps))
+
+
 def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step scheduler of `opt` over `total_steps` optimizer steps (call `.step()` after every `opt.step()`)."""
-    return torch.optim.lr_scheduler.LambdaLR(opt, Schedule(total_steps, cfg.warmup_steps, cfg.schedule))
+    return torch.optim.lr_scheduler.LambdaLR(opt, Schedule(total_steps, warmup_length(cfg, total_steps), cfg.schedule))

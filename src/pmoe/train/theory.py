@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from pmoe.data import PatchDataset
 from pmoe.errors import check
-from pmoe.metrics import discriminative_routing, evaluate, logistic_loss
+from pmoe.metrics import correct, discriminative_routing, evaluate, logistic_loss
 
 
 @dataclass
@@ -27,7 +27,7 @@ class TrainConfig:
     seed: int = 0  # order of the mini-batches
     router_epochs: int = 100  # first stage of pmoe-separate: epochs of router training
     log_routing: bool = True  # record discriminative-routing fractions with the test metrics (MoE models)
-    eval_every: int = 1  # test metrics every this many epochs and after the last (experiments need only the last)
+    eval_every: int = 0  # test metrics (and routing) every this many epochs and after the last; 0: the last only
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,7 +41,7 @@ def _sgd_epochs(params: list[Tensor], ds: PatchDataset, epochs: int, cfg: TrainC
     N = len(ds)
     for epoch in tqdm(range(1, epochs + 1), desc=desc, disable=not progress, leave=False):
         perm = torch.randperm(N, generator=g)
-        loss_sum = correct = torch.zeros(())
+        loss_sum = hits = torch.zeros(())
         for i in range(0, N, cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
             f, y = forward(ds.x[idx]), ds.y[idx]
@@ -50,15 +50,17 @@ def _sgd_epochs(params: list[Tensor], ds: PatchDataset, epochs: int, cfg: TrainC
             loss.backward()
             opt.step()
             loss_sum = loss_sum + loss.detach() * len(idx)
-            correct = correct + (f.detach() * y > 0).sum()
-        on_epoch(epoch, loss_sum.item() / N, correct.item() / N)
+            hits = hits + correct(f.detach(), y).sum()
+        on_epoch(epoch, loss_sum.item() / N, hits.item() / N)
 
 
 def train(model: nn.Module, train_ds: PatchDataset, test_ds: PatchDataset, cfg: TrainConfig,
           on_epoch: Callable[[dict], None] | None = None, progress: bool = True) -> list[dict]:
-    """Train `model` in place; returns one metrics record per epoch (also passed to `on_epoch`)."""
-    check(cfg.epochs >= 0 and cfg.batch_size >= 1 and cfg.lr > 0 and cfg.eval_every >= 1,
-          f"need epochs >= 0, batch_size >= 1, lr > 0, eval_every >= 1; got {cfg.epochs}, {cfg.batch_size}, "
+    """Train `model` in place; returns one metrics record per epoch (also passed to `on_epoch`): the running train
+    loss and accuracy, and, after every `cfg.eval_every`-th and the last epoch of each stage, test loss, accuracy and
+    (MoE models) routing. Evaluation draws no random numbers: how often it runs leaves the weights unchanged."""
+    check(cfg.epochs >= 0 and cfg.batch_size >= 1 and cfg.lr > 0 and cfg.eval_every >= 0,
+          f"need epochs >= 0, batch_size >= 1, lr > 0, eval_every >= 0; got {cfg.epochs}, {cfg.batch_size}, "
           f"{cfg.lr}, {cfg.eval_every}")
     check(train_ds.n == test_ds.n and train_ds.d == test_ds.d,
           f"train (n={train_ds.n}, d={train_ds.d}) and test (n={test_ds.n}, d={test_ds.d}) patches differ")
@@ -69,16 +71,15 @@ def train(model: nn.Module, train_ds: PatchDataset, test_ds: PatchDataset, cfg: 
 
     def record(stage: str, epochs: int) -> Callable[[int, float, float], None]:
         def log(epoch: int, train_loss: float, train_accuracy: float) -> None:
-            if epoch % cfg.eval_every and epoch != epochs:
-                return
-            model.eval()
             # train_*: running means over the epoch's mini-batches (the weights moved meanwhile); test_*: exact
-            rec = {"stage": stage, "epoch": epoch, "seconds": round(time.perf_counter() - start, 3),
-                   "train_loss": train_loss, "train_accuracy": train_accuracy}
-            rec.update({f"test_{k}": v for k, v in evaluate(model, test_ds).items()})
-            if is_moe and cfg.log_routing:
-                rec["routing"] = discriminative_routing(model, test_ds)
-            model.train()
+            rec = {"stage": stage, "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy}
+            if epoch == epochs or (cfg.eval_every and epoch % cfg.eval_every == 0):
+                model.eval()
+                rec.update({f"test_{k}": v for k, v in evaluate(model, test_ds).items()})
+                if is_moe and cfg.log_routing and test_ds.disc_pos is not None:
+                    rec["routing"] = discriminative_routing(model, test_ds)
+                model.train()
+            rec["seconds"] = round(time.perf_counter() - start, 3)
             history.append(rec)
             if on_epoch:
                 on_epoch(rec)

@@ -47,6 +47,7 @@ class FitConfig:
     eval_batch_size: int = 512
     num_workers: int = 0  # DataLoader workers decoding file-backed data sets
     eval_every: int = 1  # evaluate and checkpoint every this many epochs, and after the last step
+    recipe: str | None = None  # the recipe these settings start from (pmoe.train.recipes); None: set by hand
 
     def __post_init__(self) -> None:
         if isinstance(self.optim, dict):  # as read back from config.json
