@@ -13,12 +13,7 @@ from pmoe.train.evaluate import task_loss
 from pmoe.train.image_runs import build_for_data
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def learnable(n: int = 256, side: int = 32, classes: int = 4, seed: int = 0) -> ImageDataset:

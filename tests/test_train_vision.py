@@ -15,13 +15,7 @@ from pmoe.train import FitConfig, OptimConfig, evaluate_images, fit, make_schedu
 from pmoe.train.image_runs import build_for_data, load_for_data
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny models gain nothing from threads, and OpenMP's spin-waits on a busy 2-core machine cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def images(n: int = 64, classes: int = 4, side: int = 16, seed: int = 0, groups: bool = False) -> ImageDataset:

@@ -32,13 +32,15 @@ from pmoe.prune.cost import forward_flops
 from pmoe.reports import mean_std
 from pmoe.train import FitConfig
 from pmoe.train.image_runs import ImageDataSpec, build_for_data, finished, initial_model, train_preset
-from pmoe.train.recipes import FIELDS, describe, override, recipe_for
+from pmoe.train.recipes import RecipeChanges, describe, recipe_for
 from pmoe.train.state import STATE, as_json, differences
 from pmoe.train.vision import RUNTIME_FIELDS, model_spec, resolve_device
 
 
 @dataclass
-class ImageSweepConfig:
+class ImageSweepConfig(RecipeChanges):
+    """A sweep over models, N and seeds; the inherited fields change each preset's training recipe (None: keep)."""
+
     data: str = "fashion-mnist"  # a key of IMAGE_DATASETS
     data_options: dict = field(default_factory=dict)  # fields of the data set's config (e.g. num_samples)
     data_dir: str | None = None  # None: the data set's default folder
@@ -49,24 +51,13 @@ class ImageSweepConfig:
     seeds: int = 3
     min_steps: int = 0  # a run of N images trains max(epochs, ceil(min_steps / (N // batch_size))) epochs,
     # evaluated (and checkpointed) about `epochs` times
-    # Fields of each preset's training recipe (pmoe.train.recipes) that the sweep changes; None: the recipe's.
-    epochs: int | None = None
-    batch_size: int | None = None
-    optimizer: str | None = None  # sgd | adamw; another family brings its own lr, momentum, weight decay
-    lr: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    warmup_steps: int | None = None  # taken as given
-    schedule: str | None = None
-    clip_norm: float | None = None  # 0: none
-    augment: bool | None = None  # random crop (4 px padding) and flip
     device: str = "auto"
 
     def fit_config(self, spec: str, samples: int, seed: int) -> FitConfig:
         """The settings of run (model spec, N, seed): the recipe of the spec's preset with the sweep's fields changed,
         for at least `min_steps` steps."""
         base = recipe_for(parse_model(spec)[0]).fit_config(seed=seed, device=self.device)
-        cfg = override(base, **{k: getattr(self, k) for k in FIELDS})
+        cfg = self.apply(base)
         epochs = max(cfg.epochs, -(-self.min_steps // max(1, samples // cfg.batch_size)))
         return replace(cfg, epochs=epochs, eval_every=max(1, epochs // cfg.epochs))
 

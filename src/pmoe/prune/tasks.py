@@ -23,29 +23,21 @@ from pmoe.metrics import evaluate
 from pmoe.runs import DataSpec
 from pmoe.train import TrainConfig, evaluate_images, fit, train
 from pmoe.train.image_runs import ImageDataSpec
-from pmoe.train.recipes import FIELDS, checkpoint_recipe, override
+from pmoe.train.recipes import FIELDS, RecipeChanges, checkpoint_recipe
 
 RECIPE_FIELDS = tuple(f for f in FIELDS if f != "epochs")  # a post-pruning fine-tune counts steps
 
 
 @dataclass
-class FinetuneConfig:
-    steps: int = 0  # optimizer steps after pruning; 0 = none
-    seed: int = 0
-    # Vision: fields of the checkpoint's recipe (pmoe.train.recipes.override) to change; None: the recipe's.
-    optimizer: str | None = None  # sgd | adamw; another family brings its own lr, momentum, weight decay
-    lr: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    warmup_steps: int | None = None  # taken as given
-    schedule: str | None = None
-    clip_norm: float | None = None  # 0: none
-    batch_size: int | None = None
-    augment: bool | None = None
+class FinetuneConfig(RecipeChanges):
+    """A post-pruning fine-tune: `steps` optimizer steps (0 = none); vision checkpoints take their recipe with the
+    inherited fields changed (None: keep); its length is `steps`, not epochs."""
 
-    def changes(self) -> dict:
-        """The recipe fields this config changes."""
-        return {k: getattr(self, k) for k in RECIPE_FIELDS if getattr(self, k) is not None}
+    steps: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.epochs is None, f"a post-pruning fine-tune counts steps, not epochs; got epochs={self.epochs}")
 
 
 class Task(Protocol):
@@ -103,8 +95,7 @@ class VisionTask:
 
     def finetune(self, model: nn.Module, cfg: FinetuneConfig) -> None:
         """`cfg.steps` steps of the checkpoint's recipe (batch size at most the training set) with cfg's changes."""
-        fc = override(self.recipe.fit_config(max_steps=cfg.steps, seed=cfg.seed, device=str(self.device)),
-                      **cfg.changes())
+        fc = cfg.apply(self.recipe.fit_config(max_steps=cfg.steps, seed=cfg.seed, device=str(self.device)))
         batch = min(fc.batch_size, len(self.train))
         epochs = math.ceil(cfg.steps / (len(self.train) // batch))
         fit(model, self.train, None, replace(fc, batch_size=batch, epochs=epochs), progress=False)

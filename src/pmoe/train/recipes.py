@@ -104,6 +104,30 @@ def override(cfg: FitConfig, *, optimizer: str | None = None, lr: float | None =
     return replace(cfg, optim=replace(o, **{**family, **given}), **top)
 
 
+@dataclass
+class RecipeChanges:
+    """Fields of a preset's recipe to change (the training flags); None keeps the recipe's (see `override`)."""
+
+    optimizer: str | None = None  # sgd | adamw; another family brings its own lr, momentum, weight decay
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    warmup_steps: int | None = None  # taken as given (no cap)
+    schedule: str | None = None
+    clip_norm: float | None = None  # 0: none
+    augment: bool | None = None  # random crop (4 px padding) and flip
+    epochs: int | None = None
+    batch_size: int | None = None
+
+    def changes(self) -> dict:
+        """The fields this changes, by `override`'s names."""
+        return {k: getattr(self, k) for k in FIELDS if getattr(self, k) is not None}
+
+    def apply(self, cfg: FitConfig) -> FitConfig:
+        """`cfg` with these changes."""
+        return override(cfg, **self.changes())
+
+
 def settings(cfg: FitConfig) -> dict:
     """The recipe fields of `cfg`, flat, in `override`'s names (plus warmup_cap)."""
     o = cfg.optim
