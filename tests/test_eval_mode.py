@@ -16,16 +16,16 @@ from pmoe.train.image_runs import build_for_data
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def learnable(n: int = 256, side: int = 32, classes: int = 4, seed: int = 0) -> ImageDataset:
-    """3-channel images whose class sets a bright square's quadrant, on noise: learnable in a few steps."""
+def learnable(n: int = 256, side: int = 32, classes: int = 4, seed: int = 0, channels: int = 3) -> ImageDataset:
+    """Images whose class sets a bright square's quadrant, on noise: learnable in a few steps."""
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % classes
-    x = torch.randint(0, 120, (n, 3, side, side), generator=g)
+    x = torch.randint(0, 120, (n, channels, side, side), generator=g)
     h = side // 2
     for c in range(classes):
         r, q = (c // 2) * h, (c % 2) * h
         x[y == c, :, r + 2:r + h - 2, q + 2:q + h - 2] += 120
-    return ImageDataset(x.to(torch.uint8), y, [str(c) for c in range(classes)], (0.3,) * 3, (0.2,) * 3)
+    return ImageDataset(x.to(torch.uint8), y, [str(c) for c in range(classes)], (0.3,) * channels, (0.2,) * channels)
 
 
 def test_precise_statistics_are_the_batch_averages_and_leave_the_run_alone():
@@ -63,9 +63,10 @@ def routed(name: str) -> bool:
 ROUTED = [name for name in PRESETS if routed(name)]
 
 
-@pytest.mark.parametrize("name", ROUTED)
-def test_eval_mode_tracks_train_mode_after_a_few_steps(name):
-    ds = learnable()
+@pytest.mark.parametrize("name,channels,side", [(name, 3, 32) for name in ROUTED]
+                         + [("wrn-pmoe-tiny", 1, 28), ("wrn-pmoe-cifar", 1, 28)])  # zero-padded to 32 / a 7x7 map
+def test_eval_mode_tracks_train_mode_after_a_few_steps(name, channels, side):
+    ds = learnable(side=side, channels=channels)
     torch.manual_seed(0)
     model = build_for_data(name, ds, small(name))
     wrn = preset(name)[0] == "wrn"
