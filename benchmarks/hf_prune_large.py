@@ -5,6 +5,7 @@ Writes a sharded bf16 base and fine-tuned checkpoint (shard by shard with safete
 Expert e of layer i is filled with the value e + 8 i (routers random), so kept experts can be checked cheaply.
 
     .venv/bin/python benchmarks/hf_prune_large.py            # ~3.7 GB per checkpoint, ~7.4 GB of disk
+    .venv/bin/python benchmarks/hf_prune_large.py --fused 1  # the same sizes in the DeepSeek-V3 layout
 """
 from __future__ import annotations
 
@@ -37,10 +38,11 @@ class Shape:
     experts: int = 8
     vocab: int = 32000
     shard_mb: int = 500
+    fused: int = 0  # 1: DeepSeek-V3 layout (fused experts [E, ...], score-correction bias, 2 expert groups)
 
 
 def tensors(shape: Shape, seed: int):
-    """(key, tensor) of a Mixtral-layout model, in checkpoint order."""
+    """(key, tensor) of a Mixtral-layout (or, with shape.fused, DeepSeek-V3-layout) model, in checkpoint order."""
     g = torch.Generator().manual_seed(seed)
     h, i = shape.hidden, shape.inter
     yield "model.embed_tokens.weight", torch.zeros(shape.vocab, h, dtype=torch.bfloat16)
@@ -50,6 +52,9 @@ def tensors(shape: Shape, seed: int):
             yield f"{p}.self_attn.{name}.weight", torch.zeros(rows, h, dtype=torch.bfloat16)
         yield f"{p}.input_layernorm.weight", torch.ones(h, dtype=torch.bfloat16)
         yield f"{p}.post_attention_layernorm.weight", torch.ones(h, dtype=torch.bfloat16)
+        if shape.fused:
+            yield from fused_block(f"{p}.mlp", shape, layer, g)
+            continue
         yield f"{p}.block_sparse_moe.gate.weight", torch.randn(shape.experts, h, generator=g).bfloat16()
         for e in range(shape.experts):
             for w, (rows, cols) in (("w1", (i, h)), ("w2", (h, i)), ("w3", (i, h))):
@@ -57,6 +62,17 @@ def tensors(shape: Shape, seed: int):
                     torch.full((rows, cols), e + 8 * layer, dtype=torch.bfloat16)
     yield "model.norm.weight", torch.ones(h, dtype=torch.bfloat16)
     yield "lm_head.weight", torch.zeros(shape.vocab, h, dtype=torch.bfloat16)
+
+
+def fused_block(p: str, shape: Shape, layer: int, g: torch.Generator):
+    """DeepSeek-V3 MoE block: router, score-correction bias, fused experts filled with e + 8 layer, shared expert."""
+    h, i, k = shape.hidden, shape.inter, shape.experts
+    fill = (torch.arange(k) + 8 * layer).bfloat16()[:, None, None]
+    yield f"{p}.gate.weight", torch.randn(k, h, generator=g).bfloat16()
+    yield f"{p}.gate.e_score_correction_bias", torch.zeros(k)
+    yield f"{p}.experts.gate_up_proj", fill.expand(k, 2 * i, h).contiguous()
+    yield f"{p}.experts.down_proj", fill.expand(k, h, i).contiguous()
+    yield f"{p}.shared_experts.up_proj.weight", torch.zeros(i, h, dtype=torch.bfloat16)
 
 
 def write_checkpoint(folder: Path, shape: Shape, seed: int) -> int:
@@ -82,10 +98,12 @@ def write_checkpoint(folder: Path, shape: Shape, seed: int) -> int:
         weight_map.update(dict.fromkeys(keys, final))
     (folder / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}))
+    moe = ({"model_type": "deepseek_v3", "n_routed_experts": shape.experts, "n_group": 2, "topk_group": 1}
+           if shape.fused else {"model_type": "mixtral", "architectures": ["MixtralForCausalLM"],
+                                "num_local_experts": shape.experts})
     (folder / "config.json").write_text(json.dumps({
-        "model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "hidden_size": shape.hidden,
-        "intermediate_size": shape.inter, "num_hidden_layers": shape.layers, "num_local_experts": shape.experts,
-        "num_experts_per_tok": 2, "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": shape.vocab,
+        **moe, "hidden_size": shape.hidden,
+        "intermediate_size": shape.inter, "num_hidden_layers": shape.layers, "num_experts_per_tok": 2, "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": shape.vocab,
         "torch_dtype": "bfloat16"}))
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
@@ -116,10 +134,12 @@ def main() -> None:
         wall = time.perf_counter() - t2
         report = json.loads((work / "out" / "prune_report.json").read_text())
         kept = report["layers"][-1]["kept"]
-        last = f"model.layers.{shape.layers - 1}.block_sparse_moe.experts.{args.keep - 1}.w2.weight"
+        last = (f"model.layers.{shape.layers - 1}.mlp.experts.down_proj" if shape.fused
+                else f"model.layers.{shape.layers - 1}.block_sparse_moe.experts.{args.keep - 1}.w2.weight")
         index = json.loads((work / "out" / "model.safetensors.index.json").read_text())
         with safe_open(work / "out" / index["weight_map"][last], "pt") as f:
-            assert f.get_slice(last)[0:1, 0:1].item() == kept[-1] + 8 * (shape.layers - 1), "wrong expert kept"
+            first = f.get_slice(last)[args.keep - 1:args.keep] if shape.fused else f.get_slice(last)[0:1]
+            assert first.reshape(-1)[0].item() == kept[-1] + 8 * (shape.layers - 1), "wrong expert kept"
         print(json.dumps({
             "shape": asdict(shape), "keep": args.keep, "write_s": round(t1 - t0, 1),
             "checkpoint_gb": round(size / 1e9, 2), "shards": len(set(index["weight_map"].values())),

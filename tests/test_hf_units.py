@@ -13,7 +13,7 @@ from torch.testing import assert_close
 
 from pmoe.cli import main
 from pmoe.errors import PmoeError
-from pmoe.hf import FAMILIES, PruneSpec, prune_checkpoint
+from pmoe.hf import MoeConfig, PruneSpec, discover, prune_checkpoint
 from pmoe.hf.checkpoint import runs
 from pmoe.hf.writer import OutTensor, write_safetensors
 from pmoe.prune.criteria import delta_scores, random_scores, router_norm_scores, select_kept
@@ -78,19 +78,31 @@ def test_select_kept_takes_largest_and_breaks_ties_by_lower_id():
     assert select_kept(torch.tensor([1.0, 1.0, 1.0]), 2) == [0, 1]
 
 
-def test_family_key_roles():
-    mix, qwen, switch = FAMILIES["mixtral"], FAMILIES["qwen2_moe"], FAMILIES["switch_transformers"]
-    assert mix.classify("model.layers.3.block_sparse_moe.gate.weight") == ("model.layers.3.block_sparse_moe", "router",
-                                                                           None, "weight")
-    assert mix.classify("model.layers.3.mlp.experts.7.w2.weight")[1:] == ("expert", 7, "w2.weight")
-    assert mix.classify("model.layers.3.mlp.experts.gate_up_proj")[1:] == ("fused", None, "gate_up_proj")
-    assert qwen.classify("model.layers.0.mlp.shared_expert.up_proj.weight") is None
-    assert qwen.classify("model.layers.0.mlp.shared_expert_gate.weight") is None
-    assert qwen.classify("model.layers.0.mlp.gate_proj.weight") is None  # a dense layer
-    assert switch.classify("encoder.block.1.layer.1.mlp.experts.expert_2.wi.weight")[1:] == ("expert", 2, "wi.weight")
-    assert switch.classify("encoder.block.1.layer.1.mlp.router.classifier.bias")[1] == "router"
-    assert switch.expert_key("decoder.block.0.layer.2.mlp", 1, "wo.weight") == \
-        "decoder.block.0.layer.2.mlp.experts.expert_1.wo.weight"
+def test_discovered_roles():
+    moe = MoeConfig.read({"model_type": "x", "text_config": {"num_local_experts": 4, "hidden_size": 8}})
+    assert (moe.path, moe.num_experts) == ("text_config", 4)
+    assert moe.field("num_local_experts") == "text_config.num_local_experts"
+    blk = "model.language_model.layers.0.mlp"
+    shapes = {f"{blk}.gate.weight": (4, 8), f"{blk}.gate.e_score_correction_bias": (4,),
+              f"{blk}.moe_statics.e_score_correction_bias": (1, 4), f"{blk}.experts.gate_up_proj": (4, 6, 8),
+              f"{blk}.shared_experts.up_proj.weight": (4, 8), "model.layers.1.mlp.gate_proj.weight": (4, 8),
+              "model.visual.blocks.0.mlp.gate.weight": (4, 8),
+              **{f"{blk}.experts.{e}.w2.weight": (8, 3) for e in range(4)}}
+    layout = discover(moe, shapes)
+    assert layout.blocks == [blk] and layout.routers == {blk: f"{blk}.gate.weight"}
+    roles = {k: (r.kind, r.axis, r.expert) for k, r in layout.roles.items()}
+    assert roles == {f"{blk}.gate.weight": ("router", 0, -1), f"{blk}.gate.e_score_correction_bias": ("sliced", 0, -1),
+                     f"{blk}.moe_statics.e_score_correction_bias": ("sliced", 1, -1),
+                     f"{blk}.experts.gate_up_proj": ("sliced", 0, -1),
+                     **{f"{blk}.experts.{e}.w2.weight": ("expert", 0, e) for e in range(4)}}
+    for bad, message in [({f"{blk}.experts.down_proj": (6, 4, 4)}, r"with 4 \(the expert count\) at axis \[1, 2\]"),
+                         ({f"{blk}.experts.down_proj": (6, 3)}, "sits under experts; expected the expert axis"),
+                         ({"model.layers.2.mlp.experts.0.w1.weight": (3, 8)}, "outside any MoE block"),
+                         ({f"{blk}.experts.4.w2.weight": (8, 3)}, "names expert 4; expected ids below 4")]:
+        with pytest.raises(PmoeError, match=message):
+            discover(moe, {**shapes, **bad})
+    with pytest.raises(PmoeError, match=r"experts.\{e\}.w2.weight is missing for experts \[2\]"):
+        discover(moe, {k: v for k, v in shapes.items() if k != f"{blk}.experts.2.w2.weight"})
 
 
 def test_runs_groups_consecutive_rows():
@@ -184,7 +196,8 @@ def pair(tmp_path) -> tuple[Path, Path]:
     (dict(inter=5), "experts.0.w2.weight has shape [8, 5] in base but [8, 4] in fine-tuned"),
     (dict(model_type="qwen2_moe"), "base model_type 'qwen2_moe' differs from fine-tuned 'mixtral'"),
     (dict(layers=3), "base MoE layers"),
-    (dict(drop=("model.layers.1.block_sparse_moe.gate.weight",)), "no router tensor model.layers.1.block_sparse_moe"),
+    (dict(drop=("model.layers.1.block_sparse_moe.gate.weight",)),
+     "base MoE layers .*model.layers.0.block_sparse_moe.* differ"),
 ])
 def test_mismatched_base_is_refused(tmp_path, pair, kwargs, message):
     fake_checkpoint(tmp_path / "other", **kwargs)
@@ -231,7 +244,8 @@ def test_corrupt_truncated_and_missing_files_are_refused(tmp_path, pair):
 
 def test_unknown_family_and_existing_output_are_refused(tmp_path, pair):
     fake_checkpoint(tmp_path / "llama", model_type="llama")
-    with pytest.raises(PmoeError, match="model_type 'llama' is not a supported MoE family; expected one of"):
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    with pytest.raises(PmoeError, match="model_type 'llama'.* names no expert count; expected one of"):
         prune_checkpoint(tmp_path / "llama", tmp_path / "llama", tmp_path / "out", PruneSpec(keep=2))
     (tmp_path / "out").mkdir()
     with pytest.raises(PmoeError, match="output folder .*out exists"):

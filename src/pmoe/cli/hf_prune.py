@@ -19,6 +19,14 @@ def parse_layers(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a layer list; expected numbers and ranges like 0-3,5")
 
 
+def parse_protect(text: str) -> tuple[tuple[int, int], ...]:
+    """'0:3,2:5' -> ((0, 3), (2, 5))."""
+    try:
+        return tuple((int(layer), int(expert)) for layer, expert in (part.split(":") for part in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a protect list; expected LAYER:EXPERT pairs like 0:3,2:5")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "hf-prune", help="prune experts of a Hugging Face MoE checkpoint without data",
@@ -33,7 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="router-norm-change: signed change of the router norm (paper, default); "
                         "router-norm-change-abs: its absolute value; router-delta-norm: norm of the router's change; "
                         "router-norm: fine-tuned norm alone; random")
-    p.add_argument("--layers", type=parse_layers, help="MoE layer numbers to prune, e.g. 0-31 (default: all)")
+    p.add_argument("--layers", type=parse_layers,
+                   help="MoE layer numbers to prune, e.g. 0-31, counting MoE blocks in key order (default: all)")
+    p.add_argument("--protect", type=parse_protect, default=(),
+                   help="experts never pruned, as MoE-layer:expert pairs, e.g. 0:3,2:5 (layers numbered as --layers)")
     p.add_argument("--seed", type=int, default=0, help="seed of --method random (default 0)")
     p.add_argument("--out", required=True, help="output folder (must not exist)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
@@ -42,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = PruneSpec(keep=args.keep, ratio=args.ratio, method=args.method, layers=args.layers, seed=args.seed)
+    spec = PruneSpec(keep=args.keep, ratio=args.ratio, method=args.method, layers=args.layers, seed=args.seed,
+                     protect=args.protect)
     report = prune_checkpoint(args.base, args.finetuned, args.out, spec, progress=not args.quiet)
     print(json.dumps(report.to_dict()) if args.json else f"{report.summary()}\nwrote {args.out}")
     return 0

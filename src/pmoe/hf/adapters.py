@@ -1,100 +1,106 @@
-"""Hugging Face MoE families: where each keeps its routers and experts, and which config fields count them.
+"""What the tensor names cannot tell: the config.json fields that count, route and group the experts.
 
-A family is one `Family(...)` line. Keys are read as, with `{block}` an MoE block's key prefix:
-  `{block}.{router}.{param}`             router tensors, one row per expert (weight `[k, d]`, optional bias `[k]`);
-  `{block}.experts.{expert_prefix}{e}.…` per-expert tensors of expert `e`;
-  `{block}.experts.{name}`               fused tensors, all experts stacked on dim 0 (`[k, …]`).
-Everything else (attention, embeddings, Qwen2-MoE's `shared_expert`) is copied unchanged.
-The same patterns match the on-disk keys that `save_pretrained` writes (per-expert) and the in-memory keys of
-transformers 5 (Mixtral's `mlp.gate`, fused `experts.gate_up_proj`).
+Families name the same setting differently (`num_local_experts`, `num_experts`, `n_routed_experts`,
+`moe_num_experts`; `num_experts_per_tok`, `num_experts_per_token`, ...). Multimodal models keep the language model's
+settings in `text_config`. `MoeConfig.read` finds them; `MoeConfig.changes` says what to write after pruning, as
+dotted paths (`text_config.num_experts`), which `apply_changes` sets in a config.json dict. `REFUSED` lists the
+families whose routing pruning cannot preserve, with the reason.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, NamedTuple
+from typing import Any
 
 from pmoe.errors import PmoeError, check
 
+COUNT_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+TOP_K_FIELDS = ("num_experts_per_tok", "num_experts_per_token", "moe_k", "moe_topk", "moe_top_k", "top_k_experts")
+GROUP_FIELDS = ("n_group", "num_expert_group")  # experts split into this many groups of consecutive ids
+TOPK_GROUP_FIELDS = ("topk_group",)  # groups a token may use
+ZERO_FIELDS = ("zero_expert_num",)  # LongCat-Flash: router rows beyond the routed experts, zero-compute experts
+SINK_FIELDS = ("shared_expert_sink",)  # if true, the shared experts (`n_shared_experts`) have router rows too
+NESTED = ("text_config", "ffn_config")  # where multimodal models (and DBRX) keep the MoE settings
+REFUSED = {  # model_type -> why its pruned outputs would not be the fine-tuned model's restricted to the kept experts
+    "deepseek_v4": "its hash-routed MoE layers pick experts by token id (tid2eid tables), which pruning would break",
+    "doge": "its experts are product-key retrieval embeddings with no router row per expert",
+    "nllb-moe": "its capacity-limited top-2 routing did not match the masked-router reference on a tiny model",
+}
 
-class KeyRole(NamedTuple):
-    """What a tensor key is to the pruner: `kind` is "router", "expert" (of expert `expert`) or "fused"."""
 
-    block: str
-    kind: str
-    expert: int | None = None
-    tail: str = ""
+def _ints(config: dict[str, Any], fields: tuple[str, ...]) -> dict[str, int]:
+    return {f: config[f] for f in fields if isinstance(config.get(f), int) and not isinstance(config[f], bool)}
+
+
+def _extra_rows(config: dict[str, Any]) -> int:
+    """Router rows after the routed experts: LongCat-Flash's zero-compute experts, Inkling's shared-expert sinks."""
+    sink = any(config.get(f) is True for f in SINK_FIELDS)
+    return sum(_ints(config, ZERO_FIELDS).values()) + (config.get("n_shared_experts") or 0) * sink
 
 
 @dataclass(frozen=True)
-class Family:
-    """Key and config layout of one MoE model family (see the module docstring)."""
+class MoeConfig:
+    """The MoE settings of a config.json: where they live and their values."""
 
-    model_type: str  # config.json "model_type"
-    block: str  # regex of an MoE block's key prefix
-    num_experts: tuple[str, ...]  # config fields holding the expert count; each one present is updated
-    router: str = "gate"  # router module inside the block
-    expert_prefix: str = ""  # text before the expert id in per-expert keys
-    top_k: tuple[str, ...] = ("num_experts_per_tok",)  # config fields clamped to the kept expert count
+    path: str  # "" for top level, else the nested key ("text_config")
+    model_type: str
+    num_experts: int  # routed experts per MoE layer
+    count_fields: tuple[str, ...]  # fields holding num_experts
+    zero_experts: int  # router rows after the routed experts, never pruned (zero-compute or shared sink experts)
+    hidden: int | None  # hidden size, the router's input width
+    top_k: dict[str, int]  # experts per token, by field
+    groups: dict[str, int]  # expert groups (`n_group`), by field; empty if ungrouped
+    topk_group: dict[str, int]  # groups per token, by field
 
-    @cached_property
-    def _router_re(self) -> re.Pattern:
-        return re.compile(rf"(?P<block>{self.block})\.{re.escape(self.router)}\.(?P<tail>[^.]+)")
+    @property
+    def router_rows(self) -> int:
+        return self.num_experts + self.zero_experts
 
-    @cached_property
-    def _experts_re(self) -> re.Pattern:
-        return re.compile(rf"(?P<block>{self.block})\.experts\.(?P<rest>.+)")
+    @property
+    def num_groups(self) -> int:
+        return max(self.groups.values(), default=1)
 
-    @cached_property
-    def _expert_re(self) -> re.Pattern:
-        return re.compile(rf"{re.escape(self.expert_prefix)}(?P<e>\d+)\.(?P<tail>.+)")
+    @classmethod
+    def read(cls, config: dict[str, Any]) -> MoeConfig:
+        """The MoE settings of `config` (config.json contents); PmoeError if it names no expert count."""
+        model_type = config.get("model_type")
+        check(model_type not in REFUSED, f"model_type {model_type!r} is not supported: {REFUSED.get(model_type)}")
+        for path in ("", *NESTED):
+            sub = config if not path else config.get(path)
+            counts = _ints(sub, COUNT_FIELDS) if isinstance(sub, dict) else {}
+            counts = {f: v for f, v in counts.items() if v > 1}
+            if not counts:
+                continue
+            check(len(set(counts.values())) == 1, f"config.json {path or model_type} has expert counts {counts}; "
+                                                  "expected one value")
+            hidden = _ints(sub, ("hidden_size", "d_model")).values()
+            return cls(path, str(sub.get("model_type", model_type)), next(iter(counts.values())), tuple(counts),
+                       _extra_rows(sub), next(iter(hidden), None), _ints(sub, TOP_K_FIELDS),
+                       {f: v for f, v in _ints(sub, GROUP_FIELDS).items() if v >= 1},
+                       _ints(sub, TOPK_GROUP_FIELDS))
+        raise PmoeError(f"config.json (model_type {model_type!r}) names no expert count; expected one of "
+                        f"{list(COUNT_FIELDS)} above 1 at the top level or in {list(NESTED)}")
 
-    def classify(self, key: str) -> KeyRole | None:
-        """The role of tensor `key`, or None for a tensor that pruning copies unchanged."""
-        if m := self._router_re.fullmatch(key):
-            return KeyRole(m["block"], "router", tail=m["tail"])
-        if m := self._experts_re.fullmatch(key):
-            if e := self._expert_re.fullmatch(m["rest"]):
-                return KeyRole(m["block"], "expert", int(e["e"]), e["tail"])
-            return KeyRole(m["block"], "fused", tail=m["rest"])
-        return None
+    def field(self, name: str) -> str:
+        """Dotted path of field `name`."""
+        return f"{self.path}.{name}" if self.path else name
 
-    def router_key(self, block: str) -> str:
-        """Key of the router weight `[k, d]` of MoE block `block`."""
-        return f"{block}.{self.router}.weight"
-
-    def expert_key(self, block: str, expert: int, tail: str) -> str:
-        """Key of per-expert tensor `tail` of expert `expert` in MoE block `block`."""
-        return f"{block}.experts.{self.expert_prefix}{expert}.{tail}"
-
-    def config_changes(self, config: dict[str, Any], num_experts: int, keep: int) -> dict[str, int]:
-        """The config fields to set when `keep` of `num_experts` experts remain: expert counts, clamped top-K."""
-        counts = [f for f in self.num_experts if f in config]
-        check(bool(counts), f"config.json of this {self.model_type} model has none of {list(self.num_experts)}; "
-                            "expected its expert count there")
-        for f in counts:
-            check(config[f] == num_experts, f"config.json {f}={config[f]!r} but the routers have {num_experts} rows; "
-                                            "expected the two to agree")
-        changes = {f: keep for f in counts}
-        changes.update({f: keep for f in self.top_k if isinstance(config.get(f), int) and config[f] > keep})
-        return changes
-
-
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (
-    Family("mixtral", r"model\.layers\.\d+\.(?:block_sparse_moe|mlp)", ("num_local_experts", "num_experts")),
-    Family("qwen2_moe", r"model\.layers\.\d+\.mlp", ("num_experts",)),
-    Family("qwen3_moe", r"model\.layers\.\d+\.mlp", ("num_experts", "num_local_experts")),
-    Family("olmoe", r"model\.layers\.\d+\.mlp", ("num_experts",)),
-    Family("switch_transformers", r"(?:encoder|decoder)\.block\.\d+\.layer\.\d+\.mlp", ("num_experts",),
-           router="router.classifier", expert_prefix="expert_", top_k=()),
-)}
+    def changes(self, keep: int, groups: int, reachable: int) -> dict[str, int]:
+        """Fields to set when `keep` experts remain in `groups` groups, of which a token reaches `reachable`."""
+        out = {self.field(f): keep for f in self.count_fields}
+        if groups != self.num_groups:
+            out.update({self.field(f): groups for f in (*self.groups, *self.topk_group)})
+        out.update({self.field(f): reachable for f, v in self.top_k.items() if v > reachable})
+        return out
 
 
-def family_of(config: dict[str, Any]) -> Family:
-    """The family of a model from its config.json contents; PmoeError for an unknown `model_type`."""
-    model_type = config.get("model_type")
-    if model_type not in FAMILIES:
-        raise PmoeError(f"config.json model_type {model_type!r} is not a supported MoE family; "
-                        f"expected one of {sorted(FAMILIES)}")
-    return FAMILIES[model_type]
+def apply_changes(config: dict[str, Any], changes: dict[str, int]) -> dict[str, Any]:
+    """A copy of config.json contents `config` with the dotted `changes` set."""
+    out = {**config}
+    for name, value in changes.items():
+        path, _, leaf = name.rpartition(".")
+        if path:
+            out[path] = {**out[path], leaf: value}
+        else:
+            out[leaf] = value
+    return out
+

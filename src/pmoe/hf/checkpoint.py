@@ -106,15 +106,19 @@ class Checkpoint:
         with open_shard(self.folder / self.tensors[key].file) as f:
             return f.get_tensor(key)
 
-    def read(self, key: str, rows: Sequence[int] | None = None) -> Iterator[torch.Tensor]:
-        """Tensor `key` in pieces: whole if `rows` is None, else its dim-0 `rows` in order, one contiguous run each."""
+    def read(self, key: str, rows: Sequence[int] | None = None, axis: int = 0) -> Iterator[torch.Tensor]:
+        """Tensor `key` in pieces: whole if `rows` is None, else its `rows` along `axis` in order: one contiguous
+        run each on axis 0 (streamed), the runs concatenated on a later axis (small tensors such as `[1, E]`)."""
         with open_shard(self.folder / self.tensors[key].file) as f:
             if rows is None:
                 yield f.get_tensor(key)
                 return
             sl = f.get_slice(key)
-            for start, stop in runs(rows):
-                yield sl[start:stop]
+            pieces = (sl[(slice(None),) * axis + (slice(start, stop),)] for start, stop in runs(rows))
+            if axis == 0:
+                yield from pieces
+            else:
+                yield torch.cat(list(pieces), dim=axis)
 
 
 def runs(rows: Sequence[int]) -> list[tuple[int, int]]:

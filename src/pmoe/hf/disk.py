@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from pmoe.errors import check
+from pmoe.hf.adapters import apply_changes
 from pmoe.hf.checkpoint import INDEX, SINGLE, Checkpoint
 from pmoe.hf.plan import Slice
 from pmoe.hf.prune import PruneSpec, plan_pruning
@@ -30,8 +31,8 @@ def _write_weights(ckpt: Checkpoint, plan: dict[str, Slice], folder: Path, progr
     shards: dict[str, list[OutTensor]] = {}
     for key, s in plan.items():
         info = ckpt.tensors[s.source]
-        shape = info.shape if s.rows is None else (len(s.rows), *info.shape[1:])
-        shards.setdefault(info.file, []).append(OutTensor(key, info.dtype, shape, partial(ckpt.read, s.source, s.rows)))
+        shards.setdefault(info.file, []).append(
+            OutTensor(key, info.dtype, s.shape(info.shape), partial(ckpt.read, s.source, s.rows, s.axis)))
     n = len(shards)
     names = ([SINGLE] if ckpt.index_metadata is None
              else [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)])
@@ -82,11 +83,12 @@ def prune_checkpoint(base: str | Path, finetuned: str | Path, out: str | Path, s
     pruning = plan_pruning(base_ckpt, ft_ckpt, spec)
     with atomic_path(out, is_dir=True) as tmp:
         params, size = _write_weights(ft_ckpt, pruning.tensors, tmp, progress)
-        write_json(tmp / "config.json", {**ft_ckpt.config, **pruning.config_changes})
+        write_json(tmp / "config.json", apply_changes(ft_ckpt.config, pruning.config_changes))
         not_copied = _copy_extras(ft_ckpt, tmp)
         report = PruneReport(
-            pruning.family.model_type, spec.method, spec.seed, pruning.num_experts, pruning.keep,
-            pruning.config_changes, pruning.layers,
+            pruning.layout.moe.model_type, spec.method, spec.seed, pruning.layout.moe.num_experts, pruning.keep,
+            pruning.config_changes, pruning.layers, groups=pruning.groups,
+            protected=sorted(spec.protect),
             parameters=(sum(math.prod(s) for s in ft_ckpt.shapes.values()), params),
             size_bytes=(sum((ft_ckpt.folder / f).stat().st_size for f in ft_ckpt.files), size),
             paths={"base": str(base), "finetuned": str(finetuned), "out": str(out)}, not_copied=not_copied)

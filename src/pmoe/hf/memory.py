@@ -48,13 +48,11 @@ def prune_model(base: PreTrainedModel | Mapping[str, torch.Tensor], finetuned: P
     base_config = config if isinstance(base, Mapping) else base.config.to_dict()
     pruning = plan_pruning(StateDictSource(base_config, base_sd), ft, spec)
 
-    state = {}
-    for key, s in pruning.tensors.items():
-        t = ft.tensors[s.source]
-        state[key] = t if s.rows is None else t.index_select(0, torch.tensor(s.rows, device=t.device))
+    state = {key: s.take(ft.tensors[s.source]) for key, s in pruning.tensors.items()}
     new_config = copy.deepcopy(finetuned.config)
     for name, value in pruning.config_changes.items():
-        setattr(new_config, name, value)
+        path, _, leaf = name.rpartition(".")
+        setattr(getattr(new_config, path) if path else new_config, leaf, value)
     with torch.device("meta"):
         pruned = type(finetuned)(new_config)
     pruned.load_state_dict(state, strict=True, assign=True)
@@ -69,8 +67,9 @@ def prune_model(base: PreTrainedModel | Mapping[str, torch.Tensor], finetuned: P
     pruned.generation_config = copy.deepcopy(finetuned.generation_config)
     pruned.train(finetuned.training)
 
-    report = PruneReport(pruning.family.model_type, spec.method, spec.seed, pruning.num_experts, pruning.keep,
-                         pruning.config_changes, pruning.layers,
+    moe = pruning.layout.moe
+    report = PruneReport(moe.model_type, spec.method, spec.seed, moe.num_experts, pruning.keep, pruning.config_changes,
+                         pruning.layers, groups=pruning.groups, protected=sorted(spec.protect),
                          parameters=(finetuned.num_parameters(), pruned.num_parameters()),
                          size_bytes=(finetuned.get_memory_footprint(), pruned.get_memory_footprint()))
     return pruned, report

@@ -1,65 +1,54 @@
-"""From tensor keys and shapes alone: a model's MoE blocks, and how each tensor of the pruned model is made."""
+"""How each tensor of the pruned model is made from the fine-tuned one, given the kept experts of every block."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from pmoe.errors import check
-from pmoe.hf.adapters import Family
+import torch
 
-Shapes = Mapping[str, Sequence[int]]
+from pmoe.hf.layout import Layout, Shapes
 
 
 @dataclass(frozen=True)
 class Slice:
-    """An output tensor: input tensor `source`, whole (`rows` None) or its dim-0 `rows` in this order."""
+    """An output tensor: input tensor `source`, whole (`rows` None) or its `rows` along `axis`, in this order."""
 
     source: str
     rows: tuple[int, ...] | None = None
+    axis: int = 0
+
+    def shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The output shape, from the source's `shape`."""
+        out = list(shape)
+        if self.rows is not None:
+            out[self.axis] = len(self.rows)
+        return tuple(out)
+
+    def take(self, t: torch.Tensor) -> torch.Tensor:
+        """This slice of the source tensor `t`."""
+        return t if self.rows is None else t.index_select(self.axis, torch.tensor(self.rows, device=t.device))
 
 
-def _natural(key: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
-
-
-def moe_blocks(family: Family, shapes: Shapes) -> list[str]:
-    """Key prefixes of the MoE blocks, in natural order; PmoeError if there is none or one lacks its router."""
-    blocks = {role.block for key in shapes if (role := family.classify(key))}
-    check(bool(blocks), f"no MoE router found; expected {family.model_type} keys like "
-                        f"{family.router_key('<block>')} with <block> matching {family.block}")
-    for block in blocks:
-        key = family.router_key(block)
-        check(key in shapes, f"MoE block {block} has no router tensor {key}; expected one with a row per expert")
-        check(len(shapes[key]) == 2, f"router {key} has shape {list(shapes[key])}; expected [experts, hidden]")
-    return sorted(blocks, key=_natural)
-
-
-def expert_count(family: Family, shapes: Shapes, blocks: Sequence[str]) -> int:
-    """Rows of the routers, which must agree across blocks."""
-    counts = {b: shapes[family.router_key(b)][0] for b in blocks}
-    check(len(set(counts.values())) == 1, f"the routers have different expert counts {counts}; expected one count")
-    return next(iter(counts.values()))
-
-
-def plan_tensors(family: Family, shapes: Shapes, kept: Mapping[str, Sequence[int]], k: int) -> dict[str, Slice]:
+def plan_tensors(layout: Layout, shapes: Shapes, kept: Mapping[str, Sequence[int]]) -> dict[str, Slice]:
     """Output key -> Slice for each tensor of the pruned model, in input order.
 
-    Router and fused tensors keep rows `kept[block]`; per-expert tensors of kept experts are renumbered
-    0..len(kept)-1 in id order, the others dropped; tensors outside MoE blocks are copied.
+    Routers and sliced tensors keep `kept[block]`, then the extra router rows (zero-compute experts) on an axis of
+    router-row size; per-expert tensors of kept experts are renumbered 0..len(kept)-1 in id order (extra experts
+    follow), the others dropped; everything else is copied.
     """
+    moe = layout.moe
+    zero = tuple(range(moe.num_experts, moe.router_rows))
     plan: dict[str, Slice] = {}
     for key, shape in shapes.items():
-        role = family.classify(key)
+        role = layout.roles.get(key)
         if role is None:
             plan[key] = Slice(key)
             continue
-        ids = list(kept[role.block])
+        ids = [*kept[role.block], *zero]
         if role.kind == "expert":
-            check(role.expert < k, f"{key} names expert {role.expert}; expected ids below {k}")
             if role.expert in ids:
-                plan[family.expert_key(role.block, ids.index(role.expert), role.tail)] = Slice(key)
-        else:
-            check(len(shape) > 0 and shape[0] == k, f"{key} has shape {list(shape)}; expected {k} experts on dim 0")
-            plan[key] = Slice(key, tuple(ids))
+                plan[f"{role.head}{ids.index(role.expert)}{role.tail}"] = Slice(key)
+            continue
+        rows = ids if shape[role.axis] == moe.router_rows else kept[role.block]
+        plan[key] = Slice(key, tuple(rows), role.axis)
     return plan

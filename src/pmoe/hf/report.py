@@ -28,6 +28,8 @@ class PruneReport:
     layers: list[LayerRanking]
     parameters: tuple[int, int]  # (before, after)
     size_bytes: tuple[int, int]  # (before, after)
+    groups: int = 1  # expert groups of grouped routing, each keeping keep / groups experts
+    protected: list[tuple[int, int]] = field(default_factory=list)  # (MoE layer, expert) never pruned
     paths: dict[str, str] = field(default_factory=dict)  # base, finetuned, out
     not_copied: list[str] = field(default_factory=list)  # weight files of the fine-tuned folder left behind
 
@@ -46,7 +48,9 @@ class PruneReport:
         (p0, p1), (b0, b1) = self.parameters, self.size_bytes
         method = self.method + (f" (seed {self.seed})" if self.method == "random" else "")
         rows = [("family", self.family), ("method", method),
-                ("experts per MoE layer", f"{self.num_experts} -> {self.keep} in each of {len(self.layers)} layers"),
+                ("experts per MoE layer", f"{self.num_experts} -> {self.keep} in each of {len(self.layers)} layers"
+                 + (f", {self.keep // self.groups} in each of {self.groups} groups" if self.groups > 1 else "")),
+                *([("protected", ", ".join(f"{i}:{e}" for i, e in self.protected))] if self.protected else []),
                 ("config changes", ", ".join(f"`{k}={v}`" for k, v in self.config_changes.items())),
                 ("parameters", f"{_si(p0)} -> {_si(p1)} ({_change(p0, p1)})"),
                 ("size", f"{_si(b0)}B -> {_si(b1)}B ({_change(b0, b1)})"),
