@@ -1,5 +1,6 @@
 import os
 import stat
+import time
 
 import pytest
 
@@ -34,3 +35,33 @@ def test_atomic_folder_appears_whole(tmp_path):
         (tmp / "f").write_text("ok")
         assert not (tmp_path / "out").exists()
     assert (tmp_path / "out" / "f").read_text() == "ok"
+
+
+def test_temporaries_are_named_after_their_output_and_stale_ones_removed_by_its_next_write(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "a.json") as tmp:
+            assert tmp.name.startswith(".a.json.pmoe-tmp-")
+            raise RuntimeError("killed")
+    stale, other = tmp_path / ".a.json.pmoe-tmp-dead", tmp_path / ".a.jsonl.pmoe-tmp-dead"
+    stale.write_text("half")
+    other.write_text("another output's")
+    write_json(tmp_path / "a.json", {"x": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.jsonl.pmoe-tmp-dead", "a.json"]
+
+
+def test_an_unchanged_file_is_not_rewritten(tmp_path):
+    write_json(tmp_path / "a.json", {"x": 1})
+    before = (tmp_path / "a.json").stat().st_mtime_ns
+    time.sleep(0.01)
+    write_json(tmp_path / "a.json", {"x": 1})
+    assert (tmp_path / "a.json").stat().st_mtime_ns == before
+
+
+def test_an_output_a_kill_left_moved_aside_is_put_back(tmp_path):
+    aside = tmp_path / ".out.pmoe-tmp-x" / "out"
+    aside.mkdir(parents=True)
+    (aside / "model.safetensors").write_text("weights")
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "out", is_dir=True):
+            raise RuntimeError("failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (tmp_path / "out" / "model.safetensors").is_file()

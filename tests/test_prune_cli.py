@@ -108,7 +108,9 @@ def other(tmp_path_factory, theory) -> dict[str, Path]:
     (["--keep", "2", "--pretrained", "{tmp}/missing"], "does not exist"),
     (["--keep", "2", "--finetuned", "{tmp}/missing"], "does not exist"),
     (["--keep", "2", "--finetuned", "{pruned}"], "is a pruned checkpoint already"),
-    (["--keep", "2", "--out", "{pre}"], "exists; choose another or pass --overwrite"),
+    (["--keep", "2", "--out", "{k3}"], "already holds files of another run; choose a new or empty folder, or pass "
+                                        "--overwrite"),
+    (["--keep", "2", "--out", "{pre}"], "is the input"),
     (["--keep", "2", "--method", "router-norm-change", "--pretrained", None], "give the pretrained model"),
     (["--keep", "2", "--finetune-steps", "2", "--lr", "0.1"], "['lr'] apply to vision checkpoints only"),
 ])

@@ -36,7 +36,8 @@ def test_mean_and_sample_std_over_sweeps(tmp_path, capsys):
 def test_refuses_other_settings_a_missing_report_and_one_sweep(tmp_path, capsys):
     a = sweep(tmp_path / "a", {("random", 0.5): (0.6, 0.7)}, 0.9)
     b = sweep(tmp_path / "b", {("random", 0.25): (0.6, 0.7)}, 0.9, ratios=(0.25,))
-    cases = [([a, b], "was swept with other settings than"), ([a, str(tmp_path)], "no results.json in it"),
+    (tmp_path / "empty").mkdir()
+    cases = [([a, b], "was swept with other settings than"), ([a, str(tmp_path / "empty")], "no results.json in it"),
              ([a], "at least two sweep folders")]
     for dirs, message in cases:
         assert main(["prune-combine", *dirs, "--out", str(tmp_path / "c")]) == 2

@@ -288,7 +288,7 @@ def test_missing_cifar_batch_and_registry_errors(tmp_path):
         make_image_dataset("cifar10", "test", data_dir=tmp_path)
     with pytest.raises(PmoeError, match="valid names: mnist"):
         make_image_dataset("svhn", "train")
-    with pytest.raises(PmoeError, match="unknown option.*coarse.*valid: val_fraction, split_seed"):
+    with pytest.raises(PmoeError, match="unknown field.*coarse.*valid: val_fraction, split_seed"):
         make_image_dataset("cifar10", "train", data_dir=tmp_path, coarse=True)
     with pytest.raises(PmoeError, match="split must be one of"):
         make_image_dataset("cifar10", "dev", data_dir=tmp_path)

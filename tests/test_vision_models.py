@@ -279,7 +279,7 @@ def test_bad_configs_are_refused(name, overrides, message):
 def test_unknown_presets_and_fields_are_refused():
     with pytest.raises(PmoeError, match="unknown preset 'vit-xl'"):
         preset("vit-xl")
-    with pytest.raises(PmoeError, match=r"no fields \['widen'\]"):
+    with pytest.raises(PmoeError, match=r"unknown field\(s\) widen; valid"):
         preset("vit-tiny", widen=2)
 
 

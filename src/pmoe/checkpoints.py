@@ -2,7 +2,8 @@
 
 config.json = {"format": "pmoe", "version": 1, "arch": ..., "model": {...}, ...extra sections (data, train)}; a pruned
 model's section `pruning` (`pmoe.prune.surgery.pruning_record`) says which experts of each MoE layer are left.
-Files are written atomically; loading checks the format, the architecture and every tensor's shape.
+Files are written atomically, the same content always as the same bytes (an unchanged file is not rewritten);
+loading checks the format, the architecture and every tensor's shape.
 """
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from pmoe.errors import PmoeError, check
-from pmoe.io import atomic_path, write_json
+from pmoe.io import write_bytes, write_json
 
 FORMAT, VERSION = "pmoe", 1
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -28,10 +29,21 @@ def save_checkpoint(out_dir: str | Path, model: nn.Module, arch: str, model_conf
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(out / WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "arch": arch})
+    write_bytes(out / WEIGHTS, safetensors_bytes(tensors, {"format": FORMAT, "arch": arch}))
     write_json(out / CONFIG, {"format": FORMAT, "version": VERSION, "arch": arch, "model": model_config, **sections})
     return out
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file of `tensors` whose header lists `metadata` in sorted order (the library writes it in a
+    random order), so that the same tensors and metadata always give the same bytes and SHA-256."""
+    data = save(tensors, metadata=metadata)
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    header["__metadata__"] = dict(sorted(metadata.items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    assert len(text) <= size, "a safetensors header grew when its metadata was sorted"
+    return data[:8] + text.ljust(size) + data[8 + size:]
 
 
 def read_config(ckpt_dir: str | Path) -> dict:
@@ -45,6 +57,8 @@ def read_config(ckpt_dir: str | Path) -> dict:
         raise PmoeError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt") from None
     check(isinstance(cfg, dict) and cfg.get("format") == FORMAT and "arch" in cfg and "model" in cfg,
           f"{path} is not a pmoe checkpoint config (expected keys format='pmoe', arch, model)")
+    check(isinstance(cfg["model"], dict), f"{path}: the model section must be an object of config fields, got "
+                                          f"{cfg['model']!r}")
     return cfg
 
 
@@ -55,6 +69,12 @@ def read_weights(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise PmoeError(f"{path} is not a readable safetensors file ({e}); it is corrupt or truncated") from None
+
+
+def nonfinite_weights(ckpt_dir: str | Path) -> tuple[int, int]:
+    """(NaN or infinite entries, all entries) of a checkpoint's floating-point weights."""
+    floats = [t for t in read_weights(ckpt_dir).values() if t.is_floating_point()]
+    return sum(int((~torch.isfinite(t)).sum()) for t in floats), sum(t.numel() for t in floats)
 
 
 def weights_sha256(ckpt_dir: str | Path) -> str:

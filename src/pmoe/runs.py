@@ -11,6 +11,7 @@ import torch
 from pmoe.checkpoints import build_from_config, load_checkpoint, save_checkpoint, weights_sha256
 from pmoe.data import PatchDataset, file_options, make_dataset
 from pmoe.errors import check
+from pmoe.fields import typed
 from pmoe.io import atomic_path
 from pmoe.metrics import discriminative_routing, evaluate
 from pmoe.models import theory_config
@@ -125,5 +126,5 @@ def evaluate_checkpoint(ckpt_dir: str | Path) -> tuple[torch.nn.Module, dict, Pa
     """Load a theory checkpoint and rebuild the data it was trained and tested on."""
     model, cfg = load_checkpoint(ckpt_dir)
     check("data" in cfg, f"{ckpt_dir}/config.json records no data spec; cannot rebuild its test data")
-    train_ds, test_ds = DataSpec(**cfg["data"]).make()
+    train_ds, test_ds = typed(DataSpec, cfg.get("data"), "the data section of config.json").make()
     return model, cfg, train_ds, test_ds

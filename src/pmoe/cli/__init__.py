@@ -6,7 +6,7 @@ import importlib
 import sys
 
 import pmoe
-from pmoe.errors import PmoeError
+from pmoe.errors import PmoeError, os_message
 
 # Sub-command modules, in the order `pmoe --help` lists them.
 COMMANDS = ["train", "finetune", "eval", "route", "experiment", "demo", "hf_prune", "prune", "prune_sweep"]
@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except PmoeError as e:
-        print(f"pmoe {args.command}: error: {e}", file=sys.stderr)
+    except (PmoeError, OSError) as e:
+        print(f"pmoe {args.command}: error: {os_message(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -3,19 +3,28 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from pathlib import Path
+from typing import Any, ContextManager
 
 from pmoe.data import DATASETS, DEFAULT_DATA_DIR, FILE_PREFIX
 from pmoe.data.vision import DATASETS_ROOT, IMAGE_DATASETS
 from pmoe.errors import check
+from pmoe.io import finite_json
+from pmoe.outputs import output_folder
 from pmoe.routing import GATE_MODES
 from pmoe.runs import DataSpec
 from pmoe.train import FitConfig, TrainConfig
+from pmoe.train.state import differences
 
 
 def emit(result: dict, as_json: bool, lines: list[str]) -> None:
-    """Print a result: human lines, or (with --json) one JSON object as the last line of stdout."""
-    print(json.dumps(result) if as_json else "\n".join(lines), flush=True)
+    """Print a result: human lines, or (with --json) one JSON object as the last line of stdout, always valid JSON:
+    NaN and infinite numbers as null, with "non_finite": true."""
+    if as_json:
+        result, bad = finite_json(result)
+        print(json.dumps({**result, "non_finite": True} if bad else result, allow_nan=False), flush=True)
+    else:
+        print("\n".join(lines), flush=True)
 
 
 def routing_line(r: dict) -> str:
@@ -27,16 +36,53 @@ def routing_line(r: dict) -> str:
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
-    """--out (the checkpoint folder), --json and --quiet: the tail of every training command."""
-    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    """--out (the checkpoint folder), --overwrite, --json and --quiet: the tail of every training command."""
+    p.add_argument("--out", required=True, help="checkpoint folder to write (new or empty, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a folder holding other files (once the new checkpoint is complete)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def add_report_args(p: argparse.ArgumentParser) -> None:
-    """--json and --quiet: the tail of every experiment and sweep (progress on stderr, the summary on stdout)."""
+    """--overwrite, --json and --quiet: the tail of every experiment (progress on stderr, the summary on stdout)."""
+    p.add_argument("--overwrite", action="store_true", help="replace a folder holding another report (once the new "
+                                                            "one is complete)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object (the last stdout line)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def input_paths(args: argparse.Namespace) -> list[str | None]:
+    """The files and folders a command reads, of the flags it has: checkpoints, data folders and files."""
+    data = getattr(args, "data", None) or ""
+    return [getattr(args, "pretrained", None), getattr(args, "data_dir", None), getattr(args, "test_data", None),
+            data[len(FILE_PREFIX):] if data.startswith(FILE_PREFIX) else None]
+
+
+def output(args: argparse.Namespace, resumable: bool = False, same_run: bool = False,
+           differs: str = "") -> ContextManager[Path]:
+    """`pmoe.outputs.output_folder` for --out and the command's inputs; `resumable`: a run that writes its folder
+    as it goes (--resume continues it in place)."""
+    resume = getattr(args, "resume", False)
+    check(not (resume and args.overwrite), "--resume continues the run in --out and --overwrite replaces it; give one")
+    return output_folder(args.out, input_paths(args), args.overwrite, same_run or resume, staged=not resumable,
+                         differs=differs)
+
+
+def report_output(args: argparse.Namespace, config: dict | None) -> ContextManager[Path]:
+    """`output` for an experiment's report folder: re-running it in place is the same run when the folder holds a
+    report of the same `config` (results.json; None: the demo's summary.json) or the runs/ of an image sweep (each
+    run's settings are checked when it resumes or is read back)."""
+    out = Path(args.out)
+    if config is None:
+        return output(args, resumable=True, same_run=(out / "summary.json").is_file())
+    try:
+        saved = json.loads((out / "results.json").read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    new = json.loads(json.dumps(config))
+    differs = "; ".join(differences({"config": saved}, {"config": new})) if isinstance(saved, dict) else ""
+    return output(args, resumable=True, same_run=(out / "runs").is_dir() or saved == new, differs=differs)
 
 
 def positive_int(text: str) -> int:

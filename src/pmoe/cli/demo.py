@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from pmoe.cli.common import add_report_args, emit, positive_int
+from pmoe.cli.common import add_report_args, emit, positive_int, report_output
 from pmoe.experiments.demo import run_demo
 
 
@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = run_demo(args.out, args.workers, progress=not args.quiet)
+    with report_output(args, None) as folder:
+        summary = run_demo(folder, args.workers, progress=not args.quiet)
     emit(summary, args.json, [f"demo finished in {summary['seconds']} s; open {args.out}/README.md"])
     return 0

@@ -6,8 +6,9 @@ at the run's initial weights (rebuilt from its config and seed). Vision checkpoi
 from __future__ import annotations
 
 import argparse
+import sys
 
-from pmoe.checkpoints import read_config
+from pmoe.checkpoints import nonfinite_weights, read_config
 from pmoe.cli.common import emit, refuse_flags, routing_line
 from pmoe.data.vision import SPLITS
 from pmoe.runs import evaluate_checkpoint, initial_theory_model, summarize
@@ -24,7 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if read_config(args.checkpoint)["arch"] != "theory":
+    arch = read_config(args.checkpoint)["arch"]  # a clear error for a folder that is no checkpoint
+    bad, total = nonfinite_weights(args.checkpoint)
+    if bad:
+        print(f"pmoe eval: warning: {bad:,} of {total:,} weights of {args.checkpoint} are NaN or infinite (the run "
+              "diverged); its results mean nothing", file=sys.stderr)
+    if arch != "theory":
         r = evaluate_run(args.checkpoint, args.split or "test", args.device or "auto")
         s = r["split"]
         groups = (f"   worst-group accuracy {r['worst_group_accuracy']:.4f}" if "worst_group_accuracy" in r else "")

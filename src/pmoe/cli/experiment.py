@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import partial
 
-from pmoe.cli.common import add_report_args, emit, positive_int
+from pmoe.cli.common import add_report_args, emit, positive_int, report_output
 from pmoe.cli.vision_args import add_recipe_args, recipe_changes
 from pmoe.experiments import image_samples, pruning_theory, routing_dynamics, sample_complexity, spurious
 from pmoe.experiments.sample_complexity import preset, run_experiment
@@ -95,7 +95,8 @@ def run_image_sweep(module, args: argparse.Namespace) -> int:
             setattr(cfg, name, getattr(args, name))
     for name, value in recipe_changes(args).items():
         setattr(cfg, name, value)
-    summary = module.run_experiment(cfg, args.out, args.workers, progress=not args.quiet)
+    with report_output(args, asdict(cfg)) as folder:
+        summary = {**module.run_experiment(cfg, folder, args.workers, progress=not args.quiet), "out": args.out}
     emit(summary, args.json, [summary["report"], f"{summary['runs']} runs in {summary['seconds']} s; "
                                                  f"report in {args.out}"])
     return 0
@@ -108,7 +109,8 @@ def _run(cfg, run_experiment_fn, args: argparse.Namespace) -> int:
             setattr(cfg, name, getattr(args, name))
     if args.data_dir:
         cfg.data_options["data_dir"] = args.data_dir
-    summary = run_experiment_fn(cfg, args.out, args.workers, progress=not args.quiet)
+    with report_output(args, asdict(cfg)) as folder:
+        summary = {**run_experiment_fn(cfg, folder, args.workers, progress=not args.quiet), "out": args.out}
     emit(summary, args.json, [summary["report"], f"{summary['runs']} runs in {summary['seconds']} s; "
                                                  f"report in {args.out}"])
     return 0
@@ -121,7 +123,9 @@ def run_sample_complexity(args: argparse.Namespace) -> int:
 def run_prune_theory(args: argparse.Namespace) -> int:
     cfg = replace(pruning_theory.QUICK if args.quick else pruning_theory.FULL)
     cfg.seeds = args.seeds or cfg.seeds
-    summary = pruning_theory.run_experiment(cfg, args.out, args.workers, progress=not args.quiet)
+    with report_output(args, asdict(cfg)) as folder:
+        summary = {**pruning_theory.run_experiment(cfg, folder, args.workers, progress=not args.quiet),
+                   "out": args.out}
     emit(summary, args.json, [summary["report"], f"{summary['seeds']} seeds in {summary['seconds']} s; "
                                                  f"report in {args.out}"])
     return 0

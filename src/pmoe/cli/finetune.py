@@ -8,11 +8,10 @@ config.json records {"pretrained": {"path": ..., "sha256": <SHA-256 of the paren
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from pmoe.checkpoints import read_config
 from pmoe.cli.common import (add_data_args, add_output_args, add_train_args, data_spec, emit, is_theory_data,
-                             refuse_flags, train_config)
+                             output, refuse_flags, train_config)
 from pmoe.cli.train import summary_lines
 from pmoe.cli.vision_args import THEORY_FLAGS, VISION_FLAGS, add_vision_args, fit_config, image_data_spec, resumable
 from pmoe.data import DATASETS
@@ -36,8 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     progress = not args.quiet  # on stderr: --json keeps stdout to the result
     cfg = read_config(args.pretrained)
-    check(Path(args.out).resolve() != Path(args.pretrained).resolve(),
-          f"--out {args.out} is the pretrained checkpoint's folder; fine-tune into another one")
     if cfg["arch"] == "theory":
         check(args.data is None or is_theory_data(args.data), f"{args.pretrained} holds a theory model; it takes "
               f"--data {', '.join(DATASETS)} or file:PATH.npz, got {args.data!r}")
@@ -45,13 +42,17 @@ def run(args: argparse.Namespace) -> int:
         if (args.data or "synthetic") == "synthetic":  # of the checkpoint's shape unless told otherwise
             for k in ("n", "d"):
                 setattr(args, k, getattr(args, k) or cfg["model"][k])
-        result = finetune_theory(args.pretrained, data_spec(args), train_config(args), args.out, progress)
+        data, train_cfg = data_spec(args), train_config(args)
+        with output(args) as folder:
+            result = finetune_theory(args.pretrained, data, train_cfg, folder, progress)
     else:
         check(args.data is None or not is_theory_data(args.data), f"{args.pretrained} holds a vision model; it takes "
               f"an image data set, got --data {args.data!r}")
         refuse_flags(args, THEORY_FLAGS, "to theory checkpoints only")
         fit = fit_config(args, checkpoint_recipe(cfg))  # the parent's preset's recipe, flags on top
-        result = resumable(args, lambda: finetune_preset(args.pretrained, image_data_spec(args), fit, args.out,
-                                                         args.resume, progress))
+        data = image_data_spec(args)
+        with output(args, resumable=True) as folder:
+            result = resumable(args, lambda: finetune_preset(args.pretrained, data, fit, folder, args.resume,
+                                                             progress))
     emit(result, args.json, summary_lines(result, args.out))
     return 0

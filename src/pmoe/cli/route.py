@@ -23,6 +23,7 @@ from pmoe.cli.common import emit, positive_int, refuse_flags, routing_line
 from pmoe.data.patches import canvas_image
 from pmoe.data.vision import ImageBatches, seeded_generator
 from pmoe.errors import check
+from pmoe.fields import typed
 from pmoe.metrics import discriminative_routing
 from pmoe.runs import evaluate_checkpoint, initial_theory_model
 from pmoe.train import resolve_device
@@ -94,7 +95,7 @@ def _vision(args: argparse.Namespace) -> tuple[dict, list[str]]:
     check(data is not None, f"{args.checkpoint}/config.json records no data spec; cannot rebuild its test data")
     layer = layer_index(len(model.moe_layers()), args.layer)
     device = resolve_device(args.device or "auto")
-    ds = ImageDataSpec(**cfg["data"]).make("test")
+    ds = typed(ImageDataSpec, cfg.get("data"), "the data section of config.json").make("test")
     ds = ds.subset(torch.randperm(len(ds), generator=seeded_generator(0))[:args.images].sort().values)
     examples = next(iter(ImageBatches(ds.subset(examples_per_class(ds.labels, args.examples)), BATCH, device=device)))
     freq, cells = _picture(args, model.to(device), ImageBatches(ds, BATCH, device=device), examples, ds.classes,

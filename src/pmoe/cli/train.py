@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from pmoe.cli.common import (add_data_args, add_model_args, add_output_args, add_train_args, data_spec, emit,
-                             is_theory_data, model_options, refuse_flags, routing_line, train_config)
+                             is_theory_data, model_options, output, refuse_flags, routing_line, train_config)
 from pmoe.cli.vision_args import (THEORY_FLAGS, VISION_FLAGS, add_vision_args, fit_config, image_data_spec,
                                   resumable)
 from pmoe.data import DATASETS
@@ -43,15 +43,18 @@ def run(args: argparse.Namespace) -> int:
         check(args.data is None or is_theory_data(args.data), f"theory model {args.model!r} takes --data "
               f"{', '.join(DATASETS)} or file:PATH.npz, got {args.data!r}; image data sets are for the vision presets")
         refuse_flags(args, VISION_FLAGS + ("model_opt",), "to vision presets only")
-        result = run_theory(args.model, data_spec(args), train_config(args), model_options(args), args.out, progress)
+        data, cfg = data_spec(args), train_config(args)
+        with output(args) as folder:
+            result = run_theory(args.model, data, cfg, model_options(args), folder, progress)
     else:
         check(args.data is None or not is_theory_data(args.data), f"vision preset {args.model!r} takes an image data "
               f"set, got --data {args.data!r} (theory data; fashion-patches as images: fashion-patches-image)")
         refuse_flags(args, THEORY_FLAGS + MODEL_FLAGS, "to theory models only (vision presets: --model-opt KEY=VALUE)")
         fit = fit_config(args, recipe_for(args.model))
-        result = resumable(args, lambda: train_preset(args.model, image_data_spec(args), fit, args.out,
-                                                      parse_options(args.model_opt, "--model-opt"), args.resume,
-                                                      progress))
+        data, overrides = image_data_spec(args), parse_options(args.model_opt, "--model-opt")
+        with output(args, resumable=True) as folder:
+            result = resumable(args, lambda: train_preset(args.model, data, fit, folder, overrides, args.resume,
+                                                          progress))
     emit(result, args.json, summary_lines(result, args.out))
     return 0
 

@@ -2,14 +2,13 @@
 user's own samples in an .npz file (pmoe.data.files)."""
 from __future__ import annotations
 
-import dataclasses
-
 from pmoe.data.base import PatchDataset
 from pmoe.data.files import FILE_PREFIX, PatchFileConfig, file_options, load_patch_file, save_patch_file
 from pmoe.data.idx import DEFAULT_DATA_DIR, load_idx_dataset, read_idx
 from pmoe.data.patches import PatchCanvasConfig, canvas_image, make_patch_canvas
 from pmoe.data.synthetic import SyntheticConfig, make_synthetic, synthetic_patterns
 from pmoe.errors import check
+from pmoe.fields import typed
 
 DATASETS = ("synthetic", "fashion-patches")  # by name; and "file", a user's .npz (DataSpec.from_file, --data file:PATH)
 _CONFIGS = {"synthetic": SyntheticConfig, "fashion-patches": PatchCanvasConfig, "file": PatchFileConfig}
@@ -21,10 +20,7 @@ def make_dataset(name: str, split: str, num_samples: int | None, seed: int, **op
     `num_samples` None: all of a file's samples."""
     check(name in _CONFIGS, f"unknown data set {name!r}; valid names: {', '.join(_CONFIGS)}")
     check(split in ("train", "test"), f"split must be 'train' or 'test', got {split!r}")
-    fields = [f.name for f in dataclasses.fields(_CONFIGS[name])]
-    unknown = sorted(set(options) - set(fields))
-    check(not unknown, f"unknown option(s) {', '.join(unknown)} for data set {name!r}; valid: {', '.join(fields)}")
-    cfg = _CONFIGS[name](**options)
+    cfg = typed(_CONFIGS[name], options, f"options of data set {name!r}")
     if name == "file":
         return load_patch_file(cfg, split, num_samples, seed)
     if name == "fashion-patches":

@@ -41,8 +41,9 @@ def run_demo(out_dir: str | Path, workers: int | None = None, progress: bool = T
               "![Δ per expert](pruning-theory/delta_vs_routing.png)", "", pruning["report"], "",
               "Details: [pruning-theory/results.md](pruning-theory/results.md)", ""]
     write_text(out / "README.md", "\n".join(lines))
-    summary = {"seconds": seconds, "parts": {k: {kk: v[kk] for kk in ("seconds", "runs", "out")}
-                                             for k, v in parts.items()}}
-    summary["parts"]["pruning-theory"] = {k: pruning[k] for k in ("seconds", "seeds", "out")}
+    summary = {"seconds": seconds, "parts": {k: {"seconds": v["seconds"], "runs": v["runs"],
+                                                 "out": Path(v["out"]).name} for k, v in parts.items()}}
+    summary["parts"]["pruning-theory"] = {"seconds": pruning["seconds"], "seeds": pruning["seeds"],
+                                          "out": Path(pruning["out"]).name}
     write_json(out / "summary.json", summary)
     return summary

@@ -95,7 +95,8 @@ def run_one(cfg: ImageSweepConfig, out: Path, job: tuple[str, int, int]) -> dict
             write_json(path / CONFIG, {**read_config(path), "result": r})
     keys = ("epochs", "test_accuracy", "worst_group_accuracy", "group_accuracy", "train_accuracy", "params", "seconds",
             "images_per_second", "device", "class_patch")
-    return {"model": spec, "samples": samples, "seed": seed, **{k: r[k] for k in keys if k in r}, "dir": str(path)}
+    return {"model": spec, "samples": samples, "seed": seed, **{k: r[k] for k in keys if k in r},
+            "dir": str(path.relative_to(out))}  # relative to the report folder
 
 
 def check_finished(cfg: ImageSweepConfig, out: Path, job: tuple[str, int, int], model: nn.Module) -> None:

@@ -9,6 +9,7 @@ from typing import Callable
 from torch import nn
 
 from pmoe.errors import check
+from pmoe.fields import typed
 from pmoe.models.e3moe import E3Config, E3ViT
 from pmoe.models.theory import (THEORY_MODELS, MixtureOfCNNs, TheoryConfig, TwoLayerCNN, build_theory_model,
                                 theory_config)
@@ -27,10 +28,7 @@ def build_model(arch: str, config: dict) -> nn.Module:
     """Rebuild a model from its architecture name and config dict (as saved in config.json)."""
     check(arch in ARCHS, f"unknown architecture {arch!r}; expected one of {sorted(ARCHS)}")
     cls, builder = ARCHS[arch]
-    known = set(cls.__dataclass_fields__)
-    unknown = sorted(set(config) - known)
-    check(not unknown, f"config of a {arch!r} model has unknown fields {unknown}; expected some of {sorted(known)}")
-    return builder(cls(**config))
+    return builder(typed(cls, config, f"config of a {arch!r} model"))
 
 
 __all__ = ["ARCHS", "build_model", "THEORY_MODELS", "TheoryConfig", "TwoLayerCNN", "MixtureOfCNNs",

@@ -27,6 +27,7 @@ from functools import partial
 from torch import nn
 
 from pmoe.errors import check
+from pmoe.fields import check_fields
 from pmoe.models import ARCHS
 from pmoe.models.e3moe import E3Config
 from pmoe.models.vit import ViTConfig, every_other
@@ -64,9 +65,7 @@ def preset(name: str, **overrides) -> tuple[str, VisionConfig]:
     """(arch, config) of preset `name` with `overrides` applied; save `dataclasses.asdict(config)` in checkpoints."""
     check(name in PRESETS, f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
     factory = PRESETS[name]
-    fields = sorted(factory.func.__dataclass_fields__)
-    unknown = sorted(set(overrides) - set(fields))
-    check(not unknown, f"preset {name!r} has no fields {unknown}; expected some of {fields}")
+    check_fields(factory.func, overrides, f"preset {name!r}")
     cfg = factory(**overrides)
     return next(arch for arch, (cls, _) in ARCHS.items() if type(cfg) is cls), cfg
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from pmoe.errors import check
+from pmoe.fields import typed
 from pmoe.layers import PatchMoE, relu_neurons
 from pmoe.routing import GATE_MODES
 
@@ -57,7 +58,7 @@ def theory_config(model: str, n: int, d: int, **overrides) -> TheoryConfig:
     """The paper's configuration of `model` for n patches of dimension d, with `overrides` applied."""
     check(model in THEORY_MODELS, f"unknown model {model!r}; expected one of {THEORY_MODELS}")
     fields = {**PAPER_DEFAULTS[model], **{k: v for k, v in overrides.items() if v is not None}}
-    cfg = TheoryConfig(model=model, n=n, d=d, **fields)
+    cfg = typed(TheoryConfig, {"model": model, "n": n, "d": d, **fields}, f"config of model {model!r}")
     if model == "cnn":
         cfg.l = n
     validate(cfg)

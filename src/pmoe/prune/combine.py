@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pmoe.errors import PmoeError, check
 from pmoe.io import write_json, write_text
-from pmoe.prune.pipeline import check_output, output_folder
+from pmoe.outputs import output_folder
 from pmoe.reports import line_plot, markdown_table, mean_std
 
 SHARED = ("methods", "ratios", "mode", "calib_samples")  # sweep settings the combined reports must share
@@ -34,8 +34,12 @@ def combine_sweeps(sweep_dirs: list[str | Path], out_dir: str | Path, overwrite:
     """Mean ± std over the sweeps in `sweep_dirs` (e.g. one per seed) of the accuracy of every method and ratio,
     after pruning and after the post-pruning fine-tune; the report goes to `out_dir`."""
     check(len(sweep_dirs) >= 2, f"give at least two sweep folders to combine, got {len(sweep_dirs)}")
-    check_output(Path(out_dir), overwrite)
-    sweeps = [read_sweep(d) for d in sweep_dirs]
+    with output_folder(out_dir, sweep_dirs, overwrite) as tmp:
+        return _combine([read_sweep(d) for d in sweep_dirs], sweep_dirs, out_dir, tmp)
+
+
+def _combine(sweeps: list[dict], sweep_dirs: list[str | Path], out_dir: str | Path, tmp: Path) -> dict:
+    """`combine_sweeps`' work, writing the report into `tmp`; the summary."""
     ref = _shared(sweeps[0]["config"])
     for d, s in zip(sweep_dirs[1:], sweeps[1:]):
         diff = [f"{k}: {ref[k]!r} vs {v!r}" for k, v in _shared(s["config"]).items() if v != ref[k]]
@@ -52,15 +56,14 @@ def combine_sweeps(sweep_dirs: list[str | Path], out_dir: str | Path, overwrite:
     table = markdown_table(["pruned"] + [f"{m}{note}" for m in ref["methods"]], rows)
     points = [{"method": m, "ratio": r, **{k: stats[m, r, k] for k in keys}} for m in ref["methods"]
               for r in ref["ratios"]]
-    with output_folder(Path(out_dir)) as tmp:
-        for k in keys:
-            series = {m: ([0.0, *ref["ratios"]], [base[0]] + [stats[m, r, k][0] for r in ref["ratios"]],
-                          [base[1]] + [stats[m, r, k][1] for r in ref["ratios"]]) for m in ref["methods"]}
-            line_plot(tmp / f"{k}_vs_ratio.png", series, "experts pruned per layer", "test accuracy",
-                      f"mean ± std over {len(sweeps)} sweeps" + (", after the fine-tune" if k != "accuracy" else ""),
-                      hline=base[0])
-        write_json(tmp / "results.json", {"sweeps": [str(d) for d in sweep_dirs], "settings": ref,
-                                          "unpruned": base, "points": points})
-        write_text(tmp / "results.md", f"# Expert pruning, mean ± std over {len(sweeps)} sweeps\n\n"
-                   + "".join(f"- `{d}`\n" for d in sweep_dirs) + f"\n{table}")
+    for k in keys:
+        series = {m: ([0.0, *ref["ratios"]], [base[0]] + [stats[m, r, k][0] for r in ref["ratios"]],
+                      [base[1]] + [stats[m, r, k][1] for r in ref["ratios"]]) for m in ref["methods"]}
+        line_plot(tmp / f"{k}_vs_ratio.png", series, "experts pruned per layer", "test accuracy",
+                  f"mean ± std over {len(sweeps)} sweeps" + (", after the fine-tune" if k != "accuracy" else ""),
+                  hline=base[0])
+    write_json(tmp / "results.json", {"sweeps": [str(d) for d in sweep_dirs], "settings": ref,
+                                      "unpruned": base, "points": points})
+    write_text(tmp / "results.md", f"# Expert pruning, mean ± std over {len(sweeps)} sweeps\n\n"
+               + "".join(f"- `{d}`\n" for d in sweep_dirs) + f"\n{table}")
     return {"out": str(out_dir), "sweeps": len(sweeps), "unpruned": base, "points": points, "report": table}

@@ -2,24 +2,22 @@
 
 The pruned checkpoint keeps the fine-tuned config's model and data sections and adds `pruning`
 (`pmoe.prune.surgery.pruning_record`: mode, kept ids per layer, method, sources, result), from which
-`load_checkpoint` rebuilds the pruned shape. It is written atomically: a failed run leaves no output folder.
+`load_checkpoint` rebuilds the pruned shape. It is written atomically (`pmoe.outputs`): a failed run leaves no output
+folder.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
 
 from pmoe.checkpoints import load_checkpoint, read_config, save_checkpoint, weights_sha256
 from pmoe.errors import check
-from pmoe.io import atomic_path
+from pmoe.outputs import output_folder
 from pmoe.prune.cost import model_cost
 from pmoe.prune.criteria import check_ratio
 from pmoe.prune.scores import METHODS, choose_kept, score_experts
@@ -99,19 +97,6 @@ def pruned_copy(pair: Pair, scores: list[torch.Tensor], cfg: PruneConfig) -> tup
     return prune_model(copy.deepcopy(pair.finetuned), kept, cfg.mode), kept
 
 
-def check_output(out: Path, overwrite: bool) -> None:
-    check(overwrite or not out.exists(), f"output folder {out} exists; choose another or pass --overwrite")
-
-
-@contextlib.contextmanager
-def output_folder(out: Path) -> Iterator[Path]:
-    """A temporary folder to write into; it replaces `out` (and what was there) once the block succeeds."""
-    with atomic_path(out, is_dir=True) as tmp:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-
-
 def accuracy(task: Task, model: nn.Module) -> float:
     """Test accuracy of `model` on `task`."""
     return task.evaluate(model)["accuracy"]
@@ -120,9 +105,16 @@ def accuracy(task: Task, model: nn.Module) -> float:
 def prune_checkpoint(finetuned_dir: str | Path, pretrained_dir: str | Path | None, cfg: PruneConfig,
                      out_dir: str | Path, overwrite: bool = False, device: str = "auto") -> dict:
     """Prune a fine-tuned checkpoint into `out_dir`; returns the result (also in the out config's `pruning`)."""
+    with output_folder(out_dir, [finetuned_dir, pretrained_dir], overwrite) as tmp:
+        result = _prune(finetuned_dir, pretrained_dir, cfg, tmp, device)
+    return {"finetuned": str(finetuned_dir), "pretrained": None if pretrained_dir is None else str(pretrained_dir),
+            "out": str(out_dir), **result}
+
+
+def _prune(finetuned_dir: str | Path, pretrained_dir: str | Path | None, cfg: PruneConfig, tmp: Path,
+           device: str) -> dict:
+    """`prune_checkpoint`'s work, writing the pruned checkpoint into `tmp`; the result."""
     start = time.perf_counter()
-    out = Path(out_dir)
-    check_output(out, overwrite)
     pair = load_pair(finetuned_dir, pretrained_dir, device)
     scores = scores_for(pair, cfg.method, cfg)
     model, kept = pruned_copy(pair, scores, cfg)
@@ -142,7 +134,5 @@ def prune_checkpoint(finetuned_dir: str | Path, pretrained_dir: str | Path | Non
     result["seconds"] = round(time.perf_counter() - start, 3)
     record = pruning_record(kept, cfg.mode, counts, config=asdict(cfg), **pair.sources, result=result)
     sections = {k: v for k, v in pair.config.items() if k not in STALE}
-    with output_folder(out) as tmp:
-        save_checkpoint(tmp, model, pair.config["arch"], pair.config["model"], **{**sections, "pruning": record})
-    return {"finetuned": str(finetuned_dir), "pretrained": None if pretrained_dir is None else str(pretrained_dir),
-            "out": str(out), **result}
+    save_checkpoint(tmp, model, pair.config["arch"], pair.config["model"], **{**sections, "pruning": record})
+    return result

@@ -14,9 +14,9 @@ from tqdm.auto import tqdm
 
 from pmoe.errors import check
 from pmoe.io import write_json, write_text
+from pmoe.outputs import output_folder
 from pmoe.prune.cost import model_cost
-from pmoe.prune.pipeline import (Pair, PruneConfig, accuracy, check_output, load_pair, output_folder, pruned_copy,
-                                 scores_for)
+from pmoe.prune.pipeline import Pair, PruneConfig, accuracy, load_pair, pruned_copy, scores_for
 from pmoe.prune.scores import choose_kept
 from pmoe.prune.surgery import check_pruning
 from pmoe.prune.tasks import FinetuneConfig
@@ -82,9 +82,15 @@ def prune_sweep(finetuned_dir: str | Path, pretrained_dir: str | Path | None, cf
                 overwrite: bool = False, device: str = "auto", progress: bool = False) -> dict:
     """Evaluate cfg.methods × cfg.ratios on a fine-tuned checkpoint; write the report into `out_dir`; `progress`:
     a bar over the (method, ratio) points on stderr."""
+    with output_folder(out_dir, [finetuned_dir, pretrained_dir], overwrite) as tmp:
+        summary = _sweep(finetuned_dir, pretrained_dir, cfg, tmp, device, progress)
+    return {"out": str(out_dir), **summary}
+
+
+def _sweep(finetuned_dir: str | Path, pretrained_dir: str | Path | None, cfg: SweepConfig, tmp: Path, device: str,
+           progress: bool) -> dict:
+    """`prune_sweep`'s work, writing the report into `tmp`; the summary."""
     start = time.perf_counter()
-    out = Path(out_dir)
-    check_output(out, overwrite)
     check(len(cfg.methods) > 0 and len(cfg.ratios) > 0, "give at least one method and one ratio")
     configs = {(m, r): cfg.prune_config(m, r) for m in cfg.methods for r in cfg.ratios}  # checks every setting
     pair = load_pair(finetuned_dir, pretrained_dir, device)
@@ -103,12 +109,11 @@ def prune_sweep(finetuned_dir: str | Path, pretrained_dir: str | Path | None, cf
             bar.update()
     bar.close()
     seconds = round(time.perf_counter() - start, 1)
-    with output_folder(out) as tmp:
-        table = _report(cfg, base, points, tmp)
-        write_json(tmp / "results.json", {"finetuned": str(finetuned_dir), "pretrained": str(pretrained_dir),
-                                          "config": dataclasses.asdict(cfg), "unpruned": base, "points": points,
-                                          "sources": pair.sources, "seconds": seconds})
-        write_text(tmp / "results.md", f"# Expert pruning sweep\n\n`{finetuned_dir}` (pretrained: `{pretrained_dir}`),"
-                                       f" mode {cfg.mode}.\n\n{table}\nConfig: `{json.dumps(dataclasses.asdict(cfg))}`"
-                                       f"\n\nWall time: {seconds} s.\n")
-    return {"out": str(out), "seconds": seconds, "unpruned": base, "points": points, "report": table}
+    table = _report(cfg, base, points, tmp)
+    write_json(tmp / "results.json", {"finetuned": str(finetuned_dir), "pretrained": str(pretrained_dir),
+                                      "config": dataclasses.asdict(cfg), "unpruned": base, "points": points,
+                                      "sources": pair.sources, "seconds": seconds})
+    write_text(tmp / "results.md", f"# Expert pruning sweep\n\n`{finetuned_dir}` (pretrained: `{pretrained_dir}`),"
+                                   f" mode {cfg.mode}.\n\n{table}\nConfig: `{json.dumps(dataclasses.asdict(cfg))}`"
+                                   f"\n\nWall time: {seconds} s.\n")
+    return {"seconds": seconds, "unpruned": base, "points": points, "report": table}

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from pmoe.data.vision import ImageBatches, ImageDataset, balanced_subset
 from pmoe.errors import check
+from pmoe.fields import typed
 from pmoe.metrics import evaluate
 from pmoe.runs import DataSpec
 from pmoe.train import TrainConfig, evaluate_images, fit, train
@@ -54,7 +55,7 @@ class TheoryTask:
     """A theory checkpoint's synthetic or patch-canvas data (its `DataSpec`); models stay on the CPU."""
 
     def __init__(self, config: dict) -> None:
-        self.train, self.test = DataSpec(**config["data"]).make()
+        self.train, self.test = typed(DataSpec, config.get("data"), "the data section of config.json").make()
 
     def evaluate(self, model: nn.Module) -> dict:
         return evaluate(model, self.test)
@@ -77,7 +78,7 @@ class VisionTask:
     """A vision checkpoint's image data (its `ImageDataSpec`) on `device`."""
 
     def __init__(self, config: dict, device: torch.device) -> None:
-        spec = ImageDataSpec(**config["data"])
+        spec = typed(ImageDataSpec, config.get("data"), "the data section of config.json")
         self.train, self.test, self.device = spec.make("train"), spec.make("test"), device
         self.recipe = checkpoint_recipe(config)
 

@@ -18,6 +18,7 @@ from pmoe.checkpoints import (CONFIG, build_from_config, load_checkpoint, load_s
                               weights_sha256)
 from pmoe.data.vision import ImageDataset, balanced_subset, make_image_dataset
 from pmoe.errors import PmoeError, check
+from pmoe.fields import typed
 from pmoe.io import write_json
 from pmoe.models.presets import build_preset, preset
 from pmoe.runs import num_params
@@ -122,8 +123,11 @@ def finetune_preset(pretrained: str | Path, data: ImageDataSpec, cfg: FitConfig,
 def _fit(model: nn.Module, name: str | None, data: ImageDataSpec, train_ds: ImageDataset, test_ds: ImageDataset,
          cfg: FitConfig, out_dir: str | Path, resume: bool, progress: bool, start: float, **meta: dict) -> dict:
     recipe = {"recipe": record(cfg)} if cfg.recipe is not None else {}
+    saved = read_config(out_dir).get("result") if resume and finished(out_dir) else None
     history = fit(model, train_ds, test_ds, cfg, out_dir, resume, progress,
                   checkpoint_meta={"preset": name, "data": dataclasses.asdict(data), **recipe, **meta})
+    if saved is not None:  # a finished run resumed: its result as saved, nothing rewritten
+        return saved
     last = history[-1]
     tr = evaluate_images(model, train_ds, cfg.eval_batch_size, num_workers=cfg.num_workers)
     result = {"model": name, "data": data.name, "samples": len(train_ds), "test_samples": len(test_ds),
@@ -142,7 +146,7 @@ def evaluate_run(ckpt_dir: str | Path, split: str = "test", device: str = "auto"
     """Evaluate the vision checkpoint `ckpt_dir` on `split` of the data it was made with (rebuilt from config.json)."""
     model, cfg = load_checkpoint(ckpt_dir)
     check("data" in cfg, f"{ckpt_dir}/{CONFIG} records no data spec; cannot rebuild its data")
-    ds = ImageDataSpec(**cfg["data"]).make(split)
+    ds = typed(ImageDataSpec, cfg.get("data"), "the data section of config.json").make(split)
     ev = evaluate_images(model.to(resolve_device(device)), ds, batch_size)
     return {"checkpoint": str(ckpt_dir), "model": cfg.get("preset") or cfg["arch"], "data": cfg["data"]["name"],
             "split": split, "samples": len(ds), "epochs": cfg.get("progress", {}).get("epoch"),

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from pmoe.data import PatchDataset
 from pmoe.errors import check
 from pmoe.metrics import correct, discriminative_routing, evaluate, logistic_loss
+from pmoe.train.divergence import check_finite, finite_weights, mark, no_step
 
 
 @dataclass
@@ -36,12 +37,14 @@ class TrainConfig:
 def _sgd_epochs(params: list[Tensor], ds: PatchDataset, epochs: int, cfg: TrainConfig, g: torch.Generator,
                 forward: Callable[[Tensor], Tensor], loss_fn: Callable[[Tensor, Tensor], Tensor],
                 on_epoch: Callable[[int, float, float], None], desc: str, progress: bool) -> None:
-    """SGD over shuffled mini-batches; on_epoch(epoch, mean batch loss, mean batch accuracy) after each epoch."""
+    """SGD over shuffled mini-batches; on_epoch(epoch, mean batch loss, mean batch accuracy) after each epoch. A
+    non-finite loss or weights stop the run (`pmoe.train.divergence`)."""
     opt = torch.optim.SGD(params, lr=cfg.lr)
-    N = len(ds)
+    N, step = len(ds), 0
     for epoch in tqdm(range(1, epochs + 1), desc=desc, disable=not progress, leave=False):
         perm = torch.randperm(N, generator=g)
         loss_sum = hits = torch.zeros(())
+        first_bad = no_step("cpu")
         for i in range(0, N, cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
             f, y = forward(ds.x[idx]), ds.y[idx]
@@ -49,8 +52,11 @@ def _sgd_epochs(params: list[Tensor], ds: PatchDataset, epochs: int, cfg: TrainC
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            step += 1
+            first_bad = mark(first_bad, loss, step)
             loss_sum = loss_sum + loss.detach() * len(idx)
             hits = hits + correct(f.detach(), y).sum()
+        check_finite(first_bad.item(), bool(finite_weights(params)), step, f"epoch {epoch} of {desc}")
         on_epoch(epoch, loss_sum.item() / N, hits.item() / N)
 
 

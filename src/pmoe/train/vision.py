@@ -20,11 +20,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pmoe.checkpoints import save_checkpoint
+from pmoe.checkpoints import CONFIG, read_config, save_checkpoint
 from pmoe.data.vision import Augment, ImageBatches, ImageDataset
 from pmoe.errors import check
 from pmoe.io import write_text
 from pmoe.train.batchnorm import recompute_batch_norm
+from pmoe.train.divergence import check_finite, finite_weights, mark, no_step
 from pmoe.train.evaluate import evaluate_images, task_loss
 from pmoe.train.optim import OptimConfig, make_optimizer, make_scheduler
 from pmoe.train.state import STATE, as_json, cpu_state, differences, load_state, rng_states, save_state, set_rng_states
@@ -125,9 +126,11 @@ class _Session:
 
     def train_epoch(self, progress: bool) -> dict[str, float]:
         """One epoch (or up to the last step): {'lr', 'train_loss', 'train_aux_loss', 'train_accuracy',
-        'images_per_second'}; loss = task loss + aux loss, means over the epoch's batches."""
+        'images_per_second'}; loss = task loss + aux loss, means over the epoch's batches. A non-finite loss or
+        weights stop the run (`pmoe.train.divergence`)."""
         model, opt, clip = self.model, self.opt, self.cfg.optim.clip_norm
         sums = torch.zeros(3, device=self.device)  # loss, aux loss, correct
+        first_bad = no_step(self.device)  # the first step whose loss is NaN or infinite (divergence.mark)
         images, batches, lr, start = 0, 0, 0.0, time.perf_counter()
         bar = tqdm(total=min(len(self.batches), self.total - self.step) * self.cfg.batch_size, unit="img",
                    unit_scale=True, desc=f"epoch {self.batches.epoch + 1}", disable=not progress, leave=False)
@@ -144,13 +147,16 @@ class _Session:
             opt.step()
             self.sched.step()
             self.step += 1
+            first_bad = mark(first_bad, loss + aux, self.step)
             sums += torch.stack([(loss + aux).detach(), aux.detach(), (scores.argmax(-1) == y).sum().float()])
             images, batches = images + len(y), batches + 1
             bar.update(len(y))
             if self.step >= self.total:
                 break
         bar.close()
-        loss_sum, aux_sum, correct = sums.tolist()
+        finite = finite_weights(model.parameters()).float()
+        loss_sum, aux_sum, correct, bad, ok = torch.cat([sums, first_bad[None], finite[None]]).tolist()
+        check_finite(bad, ok == 1, self.step, f"epoch {self.batches.epoch}")
         return {"lr": lr, "train_loss": loss_sum / batches, "train_aux_loss": aux_sum / batches,
                 "train_accuracy": correct / images, "images_per_second": images / (time.perf_counter() - start)}
 
@@ -181,7 +187,7 @@ def fit(model: nn.Module, train_ds: ImageDataset, eval_ds: ImageDataset | None, 
     else:
         check(out is None or not (out / STATE).exists(),
               f"{out} already holds a training run; resume it (--resume / resume=True) or choose another folder")
-    if s.step >= s.total and out is not None:  # a finished run: publish its checkpoint again in case a kill cut it
+    if s.step >= s.total and out is not None and not _published(out, s):  # a finished run whose publishing was cut
         _publish(out, s, settings)
     while s.step < s.total:
         start = time.perf_counter()
@@ -215,10 +221,18 @@ def _settings(model: nn.Module, cfg: FitConfig, out_dir: str | Path | None, meta
     return as_json({"arch": arch, "model": model_cfg, "fit": fit_cfg, **meta})
 
 
+def _progress(s: _Session) -> dict:
+    return {"epoch": s.batches.epoch, "step": s.step, "total_steps": s.total, "finished": s.step >= s.total}
+
+
+def _published(out: Path, s: _Session) -> bool:
+    """Whether out's config.json, written last by `_publish`, records the session's current progress."""
+    return (out / CONFIG).is_file() and read_config(out).get("progress") == _progress(s)
+
+
 def _publish(out: Path, s: _Session, settings: dict) -> None:
-    """model.safetensors + config.json + metrics.jsonl of the session's current state."""
+    """metrics.jsonl, then the checkpoint (model.safetensors, then config.json) of the session's current state."""
     meta = {k: v for k, v in settings.items() if k not in RESERVED}
-    progress = {"epoch": s.batches.epoch, "step": s.step, "total_steps": s.total, "finished": s.step >= s.total}
-    save_checkpoint(out, s.model, settings["arch"], settings["model"], fit=dataclasses.asdict(s.cfg),
-                    progress=progress, **meta)
     write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in s.history))
+    save_checkpoint(out, s.model, settings["arch"], settings["model"], fit=dataclasses.asdict(s.cfg),
+                    progress=_progress(s), **meta)

@@ -23,7 +23,7 @@ _EXPECTED = ("img_align_celeba/ (the aligned-and-cropped JPEGs), list_attr_celeb
 class CelebAConfig(FileImageConfig):
     # The label: these attributes as the bits of the class index, first = most significant. One attribute gives
     # a binary label; the default gives the paper's 4 classes smiling × eyeglasses.
-    attrs: tuple[str, ...] = ("Smiling", "Eyeglasses")
+    attrs: tuple[str, ...] | str = ("Smiling", "Eyeglasses")
 
     def __post_init__(self) -> None:
         self.attrs = (self.attrs,) if isinstance(self.attrs, str) else tuple(self.attrs)

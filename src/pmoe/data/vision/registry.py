@@ -17,6 +17,7 @@ from pmoe.data.vision.mnist import CLASSES, CanvasImageConfig, load_canvas_image
 from pmoe.data.vision.splits import SPLITS, SplitConfig, train_val_test
 from pmoe.data.vision.spurious import attribute, attribute_contrast, class_sets, make_spurious, stamp_corner
 from pmoe.errors import check
+from pmoe.fields import check_fields
 
 DATASETS_ROOT = "/usr/share/datasets"  # default data_dir: DATASETS_ROOT/<name> (Fashion-MNIST's apt package's)
 
@@ -104,10 +105,7 @@ def make_image_dataset(name: str, split: str, data_dir: str | os.PathLike | None
     check(name in IMAGE_DATASETS, f"unknown image data set {name!r}; valid names: {', '.join(IMAGE_DATASETS)}")
     check(split in SPLITS, f"split must be one of {SPLITS}, got {split!r}")
     spec = IMAGE_DATASETS[name]
-    fields = [f.name for f in dataclasses.fields(spec.config) if f.name != "data_dir"]
-    unknown = sorted(set(options) - set(fields))
-    check(not unknown,
-          f"unknown option(s) {', '.join(unknown)} for image data set {name!r}; valid: {', '.join(fields)}")
+    check_fields(spec.config, options, f"options of image data set {name!r}", hidden=("data_dir",))
     data_dir = data_dir if data_dir is not None else spec.default_dir
     check(data_dir is not None, f"image data set {name!r} needs a data_dir: the root of a tree "
           "train/<class>/*.png|jpg (val/<class>/..., test/<class>/... optional)")
