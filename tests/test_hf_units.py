@@ -242,14 +242,16 @@ def test_corrupt_truncated_and_missing_files_are_refused(tmp_path, pair):
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_family_and_existing_output_are_refused(tmp_path, pair):
+def test_unknown_family_and_used_output_are_refused(tmp_path, pair):
     fake_checkpoint(tmp_path / "llama", model_type="llama")
     (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
     with pytest.raises(PmoeError, match="model_type 'llama'.* names no expert count; expected one of"):
         prune_checkpoint(tmp_path / "llama", tmp_path / "llama", tmp_path / "out", PruneSpec(keep=2))
     (tmp_path / "out").mkdir()
-    with pytest.raises(PmoeError, match="output folder .*out exists"):
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(PmoeError, match="--out .*out already holds files of another run"):
         prune_checkpoint(*pair, tmp_path / "out", PruneSpec(keep=2))
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
 
 
 # ---- command line ---------------------------------------------------------------------------------------------
@@ -261,7 +263,7 @@ def test_cli_json_and_errors(tmp_path, pair, capsys):
     assert report["keep"] == 3 and report["method"] == "router-norm" and len(report["layers"]) == 2
     assert report["parameters"][1] < report["parameters"][0] and report["size_bytes"][1] < report["size_bytes"][0]
     assert main(args + ["--keep", "2"]) == 2
-    assert "pmoe hf-prune: error: output folder" in capsys.readouterr().err
+    assert "pmoe hf-prune: error: --out" in capsys.readouterr().err
     assert main(args[:-1] + [str(tmp_path / "o2"), "--keep", "9"]) == 2
     assert "keep 9 is outside 1..5" in capsys.readouterr().err
     with pytest.raises(SystemExit):

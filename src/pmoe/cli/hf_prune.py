@@ -46,7 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--protect", type=parse_protect, default=(),
                    help="experts never pruned, as MoE-layer:expert pairs, e.g. 0:3,2:5 (layers numbered as --layers)")
     p.add_argument("--seed", type=int, default=0, help="seed of --method random (default 0)")
-    p.add_argument("--out", required=True, help="output folder (must not exist)")
+    p.add_argument("--out", required=True, help="output folder (new or empty, unless --overwrite), apart from "
+                                                "--base and --finetuned")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a folder holding other files (once the new checkpoint is complete)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
@@ -55,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     spec = PruneSpec(keep=args.keep, ratio=args.ratio, method=args.method, layers=args.layers, seed=args.seed,
                      protect=args.protect)
-    report = prune_checkpoint(args.base, args.finetuned, args.out, spec, progress=not args.quiet)
+    report = prune_checkpoint(args.base, args.finetuned, args.out, spec, progress=not args.quiet,
+                              overwrite=args.overwrite)
     print(json.dumps(report.to_dict()) if args.json else f"{report.summary()}\nwrote {args.out}")
     return 0

@@ -10,13 +10,13 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Iterator, Sequence
 
 import torch
 from safetensors import safe_open
 
-from pmoe.errors import PmoeError, check
+from pmoe.errors import PmoeError, check, os_message
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -31,22 +31,55 @@ class TensorInfo:
     shape: tuple[int, ...]
 
 
+def _open_error(path: Path) -> OSError | None:
+    """Why `path` cannot be opened for reading (permission denied, missing, ...), or None if it can."""
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as e:
+        return e
+
+
 @contextmanager
 def open_shard(path: Path) -> Iterator[Any]:
     """`safe_open(path)`, with an unreadable or truncated file reported as PmoeError."""
     try:
         handle = safe_open(str(path), framework="pt")
     except Exception as e:  # safetensors raises SafetensorError, OSError or others for a bad file
-        raise PmoeError(f"{path}: not a readable safetensors file ({e}); expected a complete safetensors file") from e
+        why = _open_error(path)  # safetensors reports any failure to open as "No such file or directory"
+        raise PmoeError(f"cannot read {path.name}: {os_message(why)}" if why else
+                        f"{path}: not a readable safetensors file ({e}); expected a complete safetensors file") from e
     with handle as f:
         yield f
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; PmoeError if it cannot be read or holds anything else."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        with open(path) as f:
+            value = json.load(f)
+    except OSError as e:
+        raise PmoeError(f"cannot read {path.name}: {os_message(e)}") from e
+    except ValueError as e:
         raise PmoeError(f"{path}: cannot read JSON ({e}); expected a Hugging Face checkpoint file") from e
+    check(isinstance(value, dict), f"{path} holds {json.dumps(value)[:80]}, not a JSON object; expected the object "
+                                   "of a Hugging Face checkpoint file")
+    return value
+
+
+def _shard_index(path: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """The weight map (tensor name -> shard file in the folder) and metadata of shard index `path`; PmoeError
+    naming the bad value unless both are JSON objects and every shard a relative file name."""
+    index = _read_json(path)
+    weight_map, metadata = index.get("weight_map"), index.get("metadata", {})
+    check(isinstance(weight_map, dict), f"{path}: weight_map is {json.dumps(weight_map)[:80]}; expected an object "
+                                        "of tensor name -> shard file name")
+    for key, file in weight_map.items():
+        check(isinstance(file, str) and file != "" and not PurePath(file).is_absolute()
+              and ".." not in PurePath(file).parts,
+              f"{path} puts {key} in shard {json.dumps(file)[:80]}; expected a file name inside the checkpoint folder")
+    check(isinstance(metadata, dict), f"{path}: metadata is {json.dumps(metadata)[:80]}; expected an object")
+    return weight_map, metadata
 
 
 @dataclass
@@ -67,10 +100,7 @@ class Checkpoint:
         check((folder / "config.json").is_file(), f"{folder} has no config.json; expected a Hugging Face model folder")
         config = _read_json(folder / "config.json")
         if (folder / INDEX).is_file():
-            index = _read_json(folder / INDEX)
-            check(isinstance(index.get("weight_map"), dict),
-                  f"{folder / INDEX} has no weight_map; expected a shard index")
-            weight_map, index_metadata = index["weight_map"], index.get("metadata", {})
+            weight_map, index_metadata = _shard_index(folder / INDEX)
         else:
             check((folder / SINGLE).is_file(), f"{folder} has neither {SINGLE} nor {INDEX}; "
                                                "expected a safetensors checkpoint (convert .bin weights first)")

@@ -1,8 +1,10 @@
 """Prune a Hugging Face checkpoint folder into a new one, streaming tensor by tensor.
 
 Only the routers are read to rank; then each input shard becomes one output shard (empty ones dropped, the rest
-renumbered), written by `write_safetensors` one tensor (or one run of expert rows) at a time. The folder is built
-beside `out` and renamed at the end, so a failed run leaves nothing behind.
+renumbered), written by `write_safetensors` one tensor (or one run of expert rows) at a time. `out` follows the
+output policy of every command (`pmoe.outputs.output_folder`): apart from both inputs, new or empty unless
+`overwrite`; the folder is built beside it and renamed at the end, so a failed or killed run leaves no result (and the
+next run removes what a killed one left).
 """
 from __future__ import annotations
 
@@ -13,14 +15,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from pmoe.errors import check
 from pmoe.hf.adapters import apply_changes
 from pmoe.hf.checkpoint import INDEX, SINGLE, Checkpoint
 from pmoe.hf.plan import Slice
 from pmoe.hf.prune import PruneSpec, plan_pruning
 from pmoe.hf.report import PruneReport
 from pmoe.hf.writer import OutTensor, write_safetensors
-from pmoe.io import atomic_path, write_json, write_text
+from pmoe.io import write_json, write_text
+from pmoe.outputs import output_folder
 
 REPORT_JSON, REPORT_MD = "prune_report.json", "prune_report.md"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
@@ -66,22 +68,21 @@ def _copy_extras(ckpt: Checkpoint, folder: Path) -> list[str]:
 
 
 def prune_checkpoint(base: str | Path, finetuned: str | Path, out: str | Path, spec: PruneSpec,
-                     progress: bool = False) -> PruneReport:
+                     progress: bool = False, overwrite: bool = False) -> PruneReport:
     """Prune the experts of the fine-tuned checkpoint `finetuned` into the new folder `out`.
 
     Args:
         base: pretrained checkpoint folder (only its router tensors and headers are read).
         finetuned: fine-tuned checkpoint folder of the same architecture; the source of every written tensor.
-        out: output folder, which must not exist; gets the pruned weights, config.json, the other files of
-            `finetuned`, and the report as prune_report.json and prune_report.md.
+        out: output folder, new or empty (unless `overwrite`), apart from both inputs; gets the pruned weights,
+            config.json, the other files of `finetuned`, and the report as prune_report.json and prune_report.md.
         spec: experts to keep and criterion.
         progress: show a progress bar over tensors.
+        overwrite: replace a folder `out` holding other files, once the new one is complete.
     """
-    out = Path(out)
-    check(not out.exists(), f"output folder {out} exists; expected a path that does not exist yet")
-    base_ckpt, ft_ckpt = Checkpoint.open(base), Checkpoint.open(finetuned)
-    pruning = plan_pruning(base_ckpt, ft_ckpt, spec)
-    with atomic_path(out, is_dir=True) as tmp:
+    with output_folder(out, [base, finetuned], overwrite) as tmp:
+        base_ckpt, ft_ckpt = Checkpoint.open(base), Checkpoint.open(finetuned)
+        pruning = plan_pruning(base_ckpt, ft_ckpt, spec)
         params, size = _write_weights(ft_ckpt, pruning.tensors, tmp, progress)
         write_json(tmp / "config.json", apply_changes(ft_ckpt.config, pruning.config_changes))
         not_copied = _copy_extras(ft_ckpt, tmp)

@@ -135,6 +135,15 @@ def _protected(spec: PruneSpec, n: int, k: int) -> dict[int, set[int]]:
     return out
 
 
+def _router(source: TensorSource, key: str, name: str) -> torch.Tensor:
+    """Router weight `key` of `source` (`name` in errors); PmoeError unless floating-point: an integer router would
+    be ranked through a cast (other integer tensors are copied or sliced bit-exact)."""
+    w = source.load(key)
+    check(w.is_floating_point(), f"{name} router {key} has dtype {w.dtype}; expected a floating-point router "
+                                 "(ranking an integer one would need a cast)")
+    return w
+
+
 def plan_pruning(base: TensorSource, finetuned: TensorSource, spec: PruneSpec) -> Pruning:
     """Rank the experts of every MoE layer from the two models' routers and plan the pruned tensors."""
     layout = _layout(base, finetuned)
@@ -147,7 +156,8 @@ def plan_pruning(base: TensorSource, finetuned: TensorSource, spec: PruneSpec) -
     layers = []
     for i, block in enumerate(layout.blocks):
         key = layout.routers[block]
-        b, f = (src.load(key)[:moe.num_experts] for src in (base, finetuned))  # zero-compute rows are not ranked
+        # zero-compute rows are not ranked
+        b, f = (_router(src, key, name)[:moe.num_experts] for src, name in ((base, "base"), (finetuned, "fine-tuned")))
         scores = score(b, f)
         kept = select_in_groups(scores, keep, groups, protected.get(i, set()), f"MoE layer {i} ({block})")
         layers.append(LayerRanking(block, delta_scores(b, f).tolist(), scores.tolist(), kept))
