@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import re
 import warnings
-from unittest import mock
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM  # noqa: E402
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING, CONFIG_MAPPING_NAMES  # noqa: E402
 
+from hf_reference import masked_router_logits  # noqa: E402
 from pmoe.errors import PmoeError  # noqa: E402
 from pmoe.hf import MoeConfig, PruneSpec, prune_checkpoint, prune_model  # noqa: E402
 from pmoe.hf.adapters import COUNT_FIELDS, GROUP_FIELDS, NESTED, REFUSED, TOPK_GROUP_FIELDS  # noqa: E402
@@ -170,11 +170,6 @@ def finetune(model):
 
 @contextlib.contextmanager
 def masked_routers(model, kept: list[list[int]]):
-    masks = {}
-    for w, ids in zip(routers(model), kept):
-        masks[id(w)] = torch.full((w.shape[0],), float("-inf"))
-        masks[id(w)][ids] = 0.0
-        masks[id(w)][E:] = 0.0  # zero-compute experts stay
     biases = [t for n, t in model.state_dict(keep_vars=True).items() if BIAS.search(n)]
     saved = [b.detach().clone() for b in biases]
     if biases:  # a score-correction bias must not lift a pruned expert back into the top-K
@@ -185,14 +180,8 @@ def masked_routers(model, kept: list[list[int]]):
                 mask[ids] = False
                 mask[E:] = False
                 b[..., mask] = float("-inf")
-    linear = torch.nn.functional.linear
-
-    def masked_linear(x, weight, bias=None):
-        y = linear(x, weight, bias)
-        return y + masks[id(weight)].to(y.dtype) if id(weight) in masks else y
-
     try:
-        with mock.patch("torch.nn.functional.linear", masked_linear):
+        with masked_router_logits(routers(model), kept, extra_from=E):  # zero-compute experts stay
             yield
     finally:
         with torch.no_grad():

@@ -6,12 +6,10 @@ the in-memory router weights.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import re
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
@@ -23,6 +21,7 @@ from transformers import (AutoModelForCausalLM, MixtralConfig, OlmoeConfig, Qwen
                           Qwen3MoeConfig, SwitchTransformersConfig, SwitchTransformersForConditionalGeneration)
 
 from pmoe.hf import PruneSpec, prune_checkpoint, prune_model  # noqa: E402
+from hf_reference import masked_router_logits  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 COMMON = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -78,21 +77,9 @@ def expected_kept(base, ft, keep: int) -> list[list[int]]:
     return [sorted(d.argsort(descending=True)[:keep].tolist()) for d in deltas]
 
 
-@contextlib.contextmanager
 def masked_routers(model, kept: list[list[int]]):
     """Inside: the router logits of experts outside `kept` are -inf (so softmax/top-K run over the kept ones)."""
-    masks = {}
-    for w, ids in zip(routers(model), kept):
-        masks[id(w)] = torch.full((w.shape[0],), float("-inf"))
-        masks[id(w)][ids] = 0.0
-    linear = torch.nn.functional.linear
-
-    def masked_linear(x, weight, bias=None):
-        y = linear(x, weight, bias)
-        return y + masks[id(weight)].to(y.dtype) if id(weight) in masks else y
-
-    with mock.patch("torch.nn.functional.linear", masked_linear):
-        yield
+    return masked_router_logits(routers(model), kept)
 
 
 def run(model, generate: bool = False) -> torch.Tensor:
