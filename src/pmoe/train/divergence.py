@@ -10,6 +10,7 @@ from torch import Tensor
 
 from pmoe.errors import PmoeError
 
+
 def no_step(device: torch.device | str) -> Tensor:
     """The initial mark of `mark`: no step with a non-finite loss yet."""
     return torch.full((), -1.0, device=device)

@@ -139,16 +139,17 @@ class _Session:
             with self.autocast():
                 loss, scores = task_loss(model, x, y)
                 aux = model.aux_loss().float()
+            total = loss + aux  # the objective
             opt.zero_grad(set_to_none=True)
-            (loss + aux).backward()
+            total.backward()
             if clip is not None:
                 nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip)
             lr = opt.param_groups[0]["lr"]
             opt.step()
             self.sched.step()
             self.step += 1
-            first_bad = mark(first_bad, loss + aux, self.step)
-            sums += torch.stack([(loss + aux).detach(), aux.detach(), (scores.argmax(-1) == y).sum().float()])
+            first_bad = mark(first_bad, total, self.step)
+            sums += torch.stack([total.detach(), aux.detach(), (scores.argmax(-1) == y).sum().float()])
             images, batches = images + len(y), batches + 1
             bar.update(len(y))
             if self.step >= self.total:
