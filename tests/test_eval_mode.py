@@ -10,7 +10,7 @@ from pmoe.models.wrn import patchify
 from pmoe.train import FitConfig, OptimConfig, fit
 from pmoe.train.batchnorm import batch_norms, recompute_batch_norm
 from pmoe.train.evaluate import task_loss
-from pmoe.train.image_runs import build_for_data
+from pmoe.runs.images import build_for_data
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,7 +11,7 @@ from pmoe.cli import main
 from pmoe.data.vision import make_image_dataset
 from pmoe.models.presets import build_preset
 from pmoe.train import FitConfig
-from pmoe.train.image_runs import ImageDataSpec, build_for_data, initial_model, train_preset
+from pmoe.runs.images import ImageDataSpec, build_for_data, initial_model, train_preset
 
 
 def test_patch_overlap_by_hand():

@@ -18,7 +18,7 @@ from pmoe.errors import PmoeError
 from pmoe.experiments.image_samples import CANVAS
 from pmoe.experiments.image_sweep import ImageSweepConfig
 from pmoe.models.presets import PRESETS
-from pmoe.prune.tasks import FinetuneConfig, make_task
+from pmoe.runs.tasks import FinetuneConfig, make_task
 from pmoe.train import OptimConfig, make_scheduler
 from pmoe.train.optim import warmup_length
 from pmoe.train.recipes import (PRESET_RECIPES, checkpoint_recipe, describe, override, recipe_for, record,
@@ -168,7 +168,7 @@ def test_sweeps_and_the_post_pruning_fine_tune_start_from_each_presets_recipe(bl
     assert main(train(blobs, tmp_path / "vit", "--model", "vit-moe-tiny", *TINY, "--quiet")) == 0
     task = make_task(json.loads((tmp_path / "vit" / "config.json").read_text()), torch.device("cpu"))
     seen = []
-    monkeypatch.setattr("pmoe.prune.tasks.fit", lambda model, train, test, cfg, progress: seen.append(cfg))
+    monkeypatch.setattr("pmoe.runs.tasks.fit", lambda model, train, test, cfg, progress: seen.append(cfg))
     model = torch.nn.Linear(1, 1)
     task.finetune(model, FinetuneConfig(steps=7))
     official = FinetuneConfig(steps=7, optimizer="sgd", lr=0.01, weight_decay=0.0, clip_norm=10.0)

@@ -14,7 +14,7 @@ from pmoe.errors import PmoeError
 from pmoe.models import build_theory_model, theory_config
 from pmoe.models.presets import build_preset, preset
 from pmoe.routing import PatchRouting, TokenRouting
-from pmoe.train.image_runs import ImageDataSpec
+from pmoe.runs.images import ImageDataSpec
 
 PNG = b"\x89PNG"
 

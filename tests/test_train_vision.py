@@ -12,7 +12,7 @@ from pmoe.cli import main
 from pmoe.data.vision import Augment, ImageBatches, ImageDataset
 from pmoe.errors import PmoeError
 from pmoe.train import FitConfig, OptimConfig, evaluate_images, fit, make_scheduler
-from pmoe.train.image_runs import build_for_data, load_for_data
+from pmoe.runs.images import build_for_data, load_for_data
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -19,6 +19,8 @@ from torch import nn
 
 from pmoe.errors import PmoeError, check
 from pmoe.io import write_bytes, write_json
+from pmoe.models import build_model
+from pmoe.prune.surgery import apply_record
 
 FORMAT, VERSION = "pmoe", 1
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -102,12 +104,8 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) 
 
 def build_from_config(cfg: dict, **model_overrides) -> nn.Module:
     """The (untrained) model a checkpoint config describes, in its pruned shape if it was pruned."""
-    from pmoe.models import build_model
-
     model = build_model(cfg["arch"], {**cfg["model"], **model_overrides})
     if "pruning" in cfg:  # experts removed by `pmoe prune`: rebuild the pruned shape before loading
-        from pmoe.prune.surgery import apply_record
-
         apply_record(model, cfg["pruning"])
     return model
 

@@ -12,7 +12,7 @@ from pmoe.errors import check
 from pmoe.io import finite_json
 from pmoe.outputs import output_folder
 from pmoe.routing import GATE_MODES
-from pmoe.runs import DataSpec
+from pmoe.runs.theory import DataSpec
 from pmoe.train import FitConfig, TrainConfig
 from pmoe.train.state import differences
 

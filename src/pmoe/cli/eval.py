@@ -11,8 +11,8 @@ import sys
 from pmoe.checkpoints import nonfinite_weights, read_config
 from pmoe.cli.common import emit, refuse_flags, routing_line
 from pmoe.data.vision import SPLITS
-from pmoe.runs import evaluate_checkpoint, initial_theory_model, summarize
-from pmoe.train.image_runs import evaluate_run
+from pmoe.runs.theory import evaluate_checkpoint, initial_theory_model, summarize
+from pmoe.runs.images import evaluate_run
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -16,8 +16,8 @@ from pmoe.cli.train import summary_lines
 from pmoe.cli.vision_args import THEORY_FLAGS, VISION_FLAGS, add_vision_args, fit_config, image_data_spec, resumable
 from pmoe.data import DATASETS
 from pmoe.errors import check
-from pmoe.runs import finetune as finetune_theory
-from pmoe.train.image_runs import finetune_preset
+from pmoe.runs.theory import finetune as finetune_theory
+from pmoe.runs.images import finetune_preset
 from pmoe.train.recipes import checkpoint_recipe
 
 

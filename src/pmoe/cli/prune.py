@@ -12,10 +12,10 @@ import argparse
 
 from pmoe.cli.common import emit, positive_int
 from pmoe.cli.vision_args import add_recipe_args, recipe_changes
-from pmoe.prune.pipeline import PruneConfig, prune_checkpoint
-from pmoe.prune.scores import METHODS
+from pmoe.runs.prune import PruneConfig, prune_checkpoint
+from pmoe.prune.registry import METHODS
 from pmoe.prune.surgery import MODES
-from pmoe.prune.tasks import RECIPE_FIELDS, FinetuneConfig
+from pmoe.runs.tasks import RECIPE_FIELDS, FinetuneConfig
 
 
 def add_prune_args(p: argparse.ArgumentParser) -> None:

@@ -8,9 +8,9 @@ import argparse
 
 from pmoe.cli.common import emit
 from pmoe.cli.prune import add_prune_args, finetune_config
-from pmoe.prune.combine import combine_sweeps
-from pmoe.prune.scores import METHODS
-from pmoe.prune.sweep import SweepConfig, prune_sweep
+from pmoe.runs.prune_combine import combine_sweeps
+from pmoe.prune.registry import METHODS
+from pmoe.runs.prune_sweep import SweepConfig, prune_sweep
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -25,9 +25,9 @@ from pmoe.data.vision import ImageBatches, seeded_generator
 from pmoe.errors import check
 from pmoe.fields import typed
 from pmoe.metrics import discriminative_routing
-from pmoe.runs import evaluate_checkpoint, initial_theory_model
+from pmoe.runs.theory import evaluate_checkpoint, initial_theory_model
 from pmoe.train import resolve_device
-from pmoe.train.image_runs import ImageDataSpec, initial_model
+from pmoe.runs.images import ImageDataSpec, initial_model
 
 BATCH = 256  # images per forward pass when counting picks
 

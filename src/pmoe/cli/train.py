@@ -14,8 +14,8 @@ from pmoe.errors import check
 from pmoe.models import THEORY_MODELS
 from pmoe.models.presets import PRESETS
 from pmoe.options import parse_options
-from pmoe.runs import run as run_theory
-from pmoe.train.image_runs import train_preset
+from pmoe.runs.theory import run as run_theory
+from pmoe.runs.images import train_preset
 from pmoe.train.recipes import recipe_for
 
 MODEL_FLAGS = ("experts", "neurons", "l", "gate", "pool")  # theory models' architecture flags

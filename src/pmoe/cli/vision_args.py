@@ -10,7 +10,7 @@ from typing import Callable
 from pmoe.cli.common import pick, positive_int
 from pmoe.options import parse_options
 from pmoe.train import FitConfig
-from pmoe.train.image_runs import ImageDataSpec, finished
+from pmoe.runs.images import ImageDataSpec, finished
 from pmoe.train.optim import DEFAULTS, OPTIMIZERS, SCHEDULES
 from pmoe.train.recipes import FIELDS, Recipe, describe, override
 

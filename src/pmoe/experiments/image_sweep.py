@@ -31,7 +31,7 @@ from pmoe.options import parse_spec
 from pmoe.prune.cost import forward_flops
 from pmoe.reports import mean_std
 from pmoe.train import FitConfig
-from pmoe.train.image_runs import ImageDataSpec, build_for_data, finished, initial_model, train_preset
+from pmoe.runs.images import ImageDataSpec, build_for_data, finished, initial_model, train_preset
 from pmoe.train.recipes import RecipeChanges, describe, recipe_for
 from pmoe.train.state import STATE, as_json, differences
 from pmoe.train.vision import RUNTIME_FIELDS, model_spec, resolve_device

@@ -18,7 +18,7 @@ from pmoe.experiments.runner import Job, run_jobs
 from pmoe.experiments.sample_complexity import parse_model
 from pmoe.io import write_json, write_text
 from pmoe.reports import line_plot, markdown_table, mean_std
-from pmoe.runs import DataSpec
+from pmoe.runs.theory import DataSpec
 from pmoe.train import TrainConfig
 
 

@@ -10,7 +10,7 @@ from typing import Callable, Sequence, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from pmoe.runs import DataSpec, run
+from pmoe.runs.theory import DataSpec, run
 from pmoe.train import TrainConfig
 
 T = TypeVar("T")

@@ -19,7 +19,7 @@ from pmoe.io import write_json, write_text
 from pmoe.models import THEORY_MODELS, TheoryConfig
 from pmoe.options import parse_spec
 from pmoe.reports import line_plot, markdown_table, mean_std
-from pmoe.runs import DataSpec
+from pmoe.runs.theory import DataSpec
 from pmoe.train import TrainConfig
 
 

@@ -19,7 +19,8 @@ from pmoe.hf.adapters import MoeConfig
 from pmoe.hf.layout import Layout, discover, find_routers, natural
 from pmoe.hf.plan import Slice, plan_tensors
 from pmoe.hf.report import LayerRanking
-from pmoe.prune.criteria import DATA_FREE, check_ratio, delta_scores, kept_count, router_scorer
+from pmoe.prune.criteria import KeepSpec, delta_scores
+from pmoe.prune.registry import DATA_FREE, criterion, router_scorer
 
 METHODS = DATA_FREE
 
@@ -36,13 +37,12 @@ class PruneSpec:
     protect: tuple[tuple[int, int], ...] = ()  # (MoE layer number, expert id) pairs always kept
 
     def __post_init__(self) -> None:
-        check((self.keep is None) != (self.ratio is None), "give exactly one of keep and ratio")
-        check(self.method in METHODS, f"method {self.method!r} is unknown; expected one of {list(METHODS)}")
-        check_ratio(self.ratio)
+        KeepSpec(self.keep, self.ratio)
+        criterion(self.method, METHODS)
 
     def kept_count(self, k: int) -> int:
         """Experts kept per layer out of `k`; PmoeError unless 1..k-1."""
-        return kept_count(k, self.keep, self.ratio)
+        return KeepSpec(self.keep, self.ratio).count(k)
 
 
 class TensorSource(Protocol):

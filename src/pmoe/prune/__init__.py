@@ -4,10 +4,14 @@
     scores = score_experts("router-norm-change", finetuned, pretrained)       # per MoE layer, (k,) scores
     prune_model(finetuned, choose_kept(scores, finetuned.moe_layers(), ratio=0.5), mode="zero")
 
-Criteria (`criteria`, `usage`, one interface in `scores`), model surgery (`surgery`), cost (`cost`), the data of a
-checkpoint (`tasks`), `pmoe prune` (`pipeline.prune_checkpoint`) and `pmoe prune-sweep` (`sweep.prune_sweep`).
+The core, which needs only the routed layers and models: criteria (`criteria`, `usage`; all listed in `registry`;
+one interface in `scores`), model surgery (`surgery`), cost (`cost`). The workflows over checkpoints (`pmoe prune`, `pmoe prune-sweep`) are
+`pmoe.runs.prune` and `pmoe.runs.prune_sweep`.
 """
-from pmoe.prune.scores import METHODS, check_pair, choose_kept, score_experts
+from pmoe.prune.criteria import KeepSpec
+from pmoe.prune.registry import CRITERIA, METHODS, Criterion
+from pmoe.prune.scores import check_pair, choose_kept, score_experts
 from pmoe.prune.surgery import MODES, prune_model
 
-__all__ = ["METHODS", "MODES", "check_pair", "choose_kept", "prune_model", "score_experts"]
+__all__ = ["CRITERIA", "METHODS", "MODES", "Criterion", "KeepSpec", "check_pair", "choose_kept", "prune_model",
+           "score_experts"]

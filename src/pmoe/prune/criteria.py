@@ -1,11 +1,13 @@
-"""Data-free expert scores from router matrices, and how many and which experts each layer keeps.
+"""Data-free expert scores from router matrices, and how many (`KeepSpec`) and which experts each layer keeps.
 
 Every criterion takes the pretrained and the fine-tuned router of one MoE layer, both `[k, d]` (row `s` is expert
 `s`'s router vector), and returns one score per expert, `[k]`; the experts with the largest scores are kept.
-Scores are float32 (float64 for float64 routers). Shared by `pmoe.prune` and `pmoe.hf`.
+Scores are float32 (float64 for float64 routers). Shared by `pmoe.prune` and `pmoe.hf`; every criterion is listed,
+with what it needs, in `pmoe.prune.registry`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -51,40 +53,31 @@ def random_scores(base: Tensor, finetuned: Tensor, generator: torch.Generator) -
     return torch.rand(finetuned.shape[0], generator=generator)
 
 
-ROUTER_CRITERIA: dict[str, RouterScore] = {
-    "router-norm-change": delta_scores,  # the paper's criterion
-    "router-norm-change-abs": abs_delta_scores,
-    "router-delta-norm": delta_norm_scores,
-    "router-norm": router_norm_scores,
-}
+@dataclass(frozen=True)
+class KeepSpec:
+    """How many experts every MoE layer keeps: `keep` of its k, or `k − round(ratio·k)`; exactly one is given."""
 
-DATA_FREE = (*ROUTER_CRITERIA, "random")  # methods that read routers only
+    keep: int | None = None  # experts kept per MoE layer, 1..k-1
+    ratio: float | None = None  # or: the fraction pruned per layer, in (0, 1)
 
+    def __post_init__(self) -> None:
+        check((self.keep is None) != (self.ratio is None), "give exactly one of keep and ratio")
+        check(self.ratio is None or 0 < self.ratio < 1,
+              f"ratio {self.ratio} is outside (0, 1); expected the fraction of experts pruned per layer")
 
-def router_scorer(method: str, seed: int = 0) -> RouterScore:
-    """The score function of a router criterion or of `random`; `random` draws from one generator seeded `seed`,
-    layer after layer."""
-    if method == "random":
-        generator = torch.Generator().manual_seed(seed)
-        return lambda base, finetuned: random_scores(base, finetuned, generator)
-    check(method in ROUTER_CRITERIA, f"method {method!r} is not a router criterion; expected one of {list(DATA_FREE)}")
-    return ROUTER_CRITERIA[method]
-
-
-def check_ratio(ratio: float | None) -> None:
-    check(ratio is None or 0 < ratio < 1,
-          f"ratio {ratio} is outside (0, 1); expected the fraction of experts pruned per layer")
-
-
-def kept_count(k: int, keep: int | None = None, ratio: float | None = None) -> int:
-    """Experts kept out of `k`: `keep`, or `k − round(ratio·k)`; PmoeError unless 1..k-1."""
-    check((keep is None) != (ratio is None), "give exactly one of keep and ratio")
-    check_ratio(ratio)
-    n = keep if keep is not None else k - round(ratio * k)
-    what = f"keep {n}" if ratio is None else f"ratio {ratio} (keep {n})"
-    check(1 <= n <= k - 1, f"{what} is outside 1..{k - 1}; expected to keep at least one and prune "
-                           f"at least one of the {k} experts per layer")
-    return n
+    def count(self, k: int, groups: int = 1, where: str = "every MoE layer") -> int:
+        """Experts kept in each of the `groups` equal member groups of `k` experts (E³: every group keeps the same
+        count); PmoeError unless at least one is kept and one pruned per group."""
+        e = k // groups
+        check(self.keep is None or self.keep % groups == 0, f"keep {self.keep} is not a multiple of the {groups} "
+              f"member groups of {where} (E³ keeps the same count in every group)")
+        n = self.keep // groups if self.keep is not None else e - round(self.ratio * e)
+        what = f"keep {n * groups}" if self.ratio is None else f"ratio {self.ratio} (keep {n * groups})"
+        check(1 <= n <= e - 1, f"{what} is outside {groups}..{(e - 1) * groups}; expected to keep at least one and "
+                               f"prune at least one of the {e} experts of each of the {groups} groups of {where}"
+              if groups > 1 else f"{what} is outside 1..{k - 1}; expected to keep at least one and prune at least "
+                                 f"one of the {k} experts per layer")
+        return n
 
 
 def select_kept(scores: Tensor, keep: int) -> list[int]:

@@ -11,11 +11,9 @@ from typing import Iterable, Sequence
 from torch import Tensor, nn
 
 from pmoe.errors import check
-from pmoe.prune.criteria import DATA_FREE, kept_count, router_scorer, select_kept
-from pmoe.prune.usage import USAGE, usage_scores
-
-METHODS = (*DATA_FREE, *USAGE)
-NEEDS_PRETRAINED = ("router-norm-change", "router-norm-change-abs", "router-delta-norm")
+from pmoe.prune.criteria import KeepSpec, select_kept
+from pmoe.prune.registry import METHODS, criterion, router_scorer
+from pmoe.prune.usage import layer_usage
 
 
 def _layers(model: nn.Module, what: str) -> list[nn.Module]:
@@ -56,14 +54,14 @@ def score_experts(method: str, finetuned: nn.Module, pretrained: nn.Module | Non
         calib: batches of model inputs, for the data-driven methods only; data-free ones never touch it.
         seed: of `random`.
     """
-    check(method in METHODS, f"method {method!r} is unknown; expected one of {list(METHODS)}")
+    c = criterion(method)
     layers = _layers(finetuned, "fine-tuned")
     if pretrained is not None:
         check_pair(finetuned, pretrained)
-    if method in USAGE:
+    if c.needs_data:
         check(calib is not None, f"method {method!r} scores experts on calibration data; none was given")
-        return usage_scores(finetuned, calib)[method]
-    check(pretrained is not None or method not in NEEDS_PRETRAINED,
+        return [c.score(u) for u in layer_usage(finetuned, calib)]
+    check(pretrained is not None or not c.needs_pretrained,
           f"method {method!r} compares the fine-tuned routers with the pretrained ones; give the pretrained model")
     bases = pretrained.moe_layers() if pretrained is not None else layers
     score = router_scorer(method, seed)
@@ -77,12 +75,10 @@ def choose_kept(scores: Sequence[Tensor], layers: Sequence[nn.Module], keep: int
     Every layer keeps the same count (the paper's rule). An E³ layer of M member groups ranks within each group and
     keeps the same count in every group (keep/M, or e − round(ratio·e) of its e = k/M), so it stays an ensemble.
     """
-    out = []
+    spec, out = KeepSpec(keep, ratio), []
     for i, (s, layer) in enumerate(zip(scores, layers)):
         M = getattr(layer, "ensemble_size", 1)
         e = len(s) // M
-        check(keep is None or keep % M == 0, f"keep {keep} is not a multiple of the {M} member groups of MoE layer "
-                                             f"{i} (E³ keeps the same count in every group)")
-        n = kept_count(e, None if keep is None else keep // M, ratio)
+        n = spec.count(len(s), M, f"MoE layer {i}")
         out.append([m * e + j for m in range(M) for j in select_kept(s[m * e:(m + 1) * e], n)])
     return out

@@ -15,12 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from pmoe.errors import check
+from pmoe.layers import PatchMoE
 from pmoe.routing import PatchRouting, TokenRouting
 
-USAGE = ("frequency", "gate-mass", "saliency")
 
-
-class _Tally:
+class LayerUsage:
     """Sums of one routed layer over the calibration pass; `norms` holds the last bank output's norms."""
 
     def __init__(self, k: int) -> None:
@@ -32,7 +31,7 @@ class _Tally:
 
     def layer_hook(self, module: nn.Module, args: tuple, out: tuple) -> None:
         r, norms = out.routing, self.norms
-        if getattr(module, "dispatch", "gather") == "dense":  # every expert ran on every patch: keep the chosen
+        if isinstance(module, PatchMoE) and module.dispatch == "dense":  # every expert ran on every patch: keep the chosen
             B, k, l = r.index.shape
             norms = norms.view(k, B, -1).gather(2, r.index.transpose(0, 1)).reshape(k, B * l)  # (k, B*l)
         tokens, expert, gate, norm = (_choices if isinstance(r, TokenRouting) else _patches)(r, norms)
@@ -41,9 +40,21 @@ class _Tally:
             total.index_add_(0, expert, w.double().cpu())
         self.tokens += tokens
 
-    def scores(self) -> dict[str, Tensor]:
-        return {"frequency": self.routed / self.tokens, "gate-mass": self.gates / self.tokens,
-                "saliency": self.salient / self.routed.clamp(min=1)}
+
+
+def frequency(u: LayerUsage) -> Tensor:
+    """(k,) share of the calibration tokens routed to each expert."""
+    return u.routed / u.tokens
+
+
+def gate_mass(u: LayerUsage) -> Tensor:
+    """(k,) gates each expert received, per calibration token."""
+    return u.gates / u.tokens
+
+
+def saliency(u: LayerUsage) -> Tensor:
+    """(k,) mean gate x expert-output norm over the tokens routed to each expert (REAP)."""
+    return u.salient / u.routed.clamp(min=1)
 
 
 def _patches(r: PatchRouting, norms: Tensor) -> tuple[int, Tensor, Tensor, Tensor]:
@@ -65,11 +76,11 @@ def _choices(r: TokenRouting, norms: Tensor) -> tuple[int, Tensor, Tensor, Tenso
 
 
 @torch.no_grad()
-def usage_scores(model: nn.Module, calib: Iterable[Tensor]) -> dict[str, list[Tensor]]:
-    """{'frequency' | 'gate-mass' | 'saliency': per MoE layer a (k,) float64 score} from one eval-mode pass of
-    `model` over the input batches `calib` (moved to the model's device)."""
+def layer_usage(model: nn.Module, calib: Iterable[Tensor]) -> list[LayerUsage]:
+    """Per MoE layer, its usage over one eval-mode pass of `model` over the input batches `calib` (moved to the
+    model's device); the data-driven criteria score experts from it."""
     layers = model.moe_layers()
-    tallies = [_Tally(layer.num_experts) for layer in layers]
+    tallies = [LayerUsage(layer.num_experts) for layer in layers]
     hooks = [h for layer, t in zip(layers, tallies)
              for h in (layer.experts.register_forward_hook(t.bank_hook), layer.register_forward_hook(t.layer_hook))]
     device, was_training = next(model.parameters()).device, model.training
@@ -84,5 +95,4 @@ def usage_scores(model: nn.Module, calib: Iterable[Tensor]) -> dict[str, list[Te
             h.remove()
         model.train(was_training)
     check(batches > 0, "the calibration data is empty; data-driven criteria need at least one batch")
-    per_layer = [t.scores() for t in tallies]
-    return {name: [s[name] for s in per_layer] for name in USAGE}
+    return tallies

@@ -16,10 +16,10 @@ from pmoe.errors import check
 from pmoe.io import write_json, write_text
 from pmoe.outputs import output_folder
 from pmoe.prune.cost import model_cost
-from pmoe.prune.pipeline import Pair, PruneConfig, accuracy, load_pair, pruned_copy, scores_for
+from pmoe.runs.prune import Pair, PruneConfig, accuracy, load_pair, pruned_copy, scores_for
 from pmoe.prune.scores import choose_kept
 from pmoe.prune.surgery import check_pruning
-from pmoe.prune.tasks import FinetuneConfig
+from pmoe.runs.tasks import FinetuneConfig
 from pmoe.reports import line_plot, markdown_table
 
 

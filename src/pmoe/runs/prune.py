@@ -19,11 +19,11 @@ from pmoe.checkpoints import load_checkpoint, read_config, save_checkpoint, weig
 from pmoe.errors import check
 from pmoe.outputs import output_folder
 from pmoe.prune.cost import model_cost
-from pmoe.prune.criteria import check_ratio
-from pmoe.prune.scores import METHODS, choose_kept, score_experts
+from pmoe.prune.criteria import KeepSpec
+from pmoe.prune.registry import criterion
+from pmoe.prune.scores import choose_kept, score_experts
 from pmoe.prune.surgery import MODES, prune_model, pruning_record
-from pmoe.prune.tasks import FinetuneConfig, Task, make_task
-from pmoe.prune.usage import USAGE
+from pmoe.runs.tasks import FinetuneConfig, Task, make_task
 from pmoe.train import resolve_device
 
 STALE = ("format", "version", "arch", "model", "progress", "result")  # config sections not carried over
@@ -31,7 +31,7 @@ STALE = ("format", "version", "arch", "model", "progress", "result")  # config s
 
 @dataclass
 class PruneConfig:
-    method: str = "router-norm-change"  # one of pmoe.prune.scores.METHODS
+    method: str = "router-norm-change"  # one of pmoe.prune.registry.METHODS
     keep: int | None = None  # experts kept per MoE layer
     ratio: float | None = None  # or: fraction pruned per layer
     mode: str = "zero"  # zero | truncate (pmoe.prune.surgery)
@@ -40,10 +40,9 @@ class PruneConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
-        check(self.method in METHODS, f"method {self.method!r} is unknown; expected one of {list(METHODS)}")
+        criterion(self.method)
         check(self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}")
-        check((self.keep is None) != (self.ratio is None), "give exactly one of keep and ratio")
-        check_ratio(self.ratio)
+        KeepSpec(self.keep, self.ratio)
         check(self.calib_samples >= 1 and self.finetune.steps >= 0,
               f"need calib_samples >= 1 and finetune steps >= 0, got {self.calib_samples}, {self.finetune.steps}")
 
@@ -87,7 +86,7 @@ def load_pair(finetuned_dir: str | Path, pretrained_dir: str | Path | None, devi
 
 def scores_for(pair: Pair, method: str, cfg: PruneConfig) -> list[torch.Tensor]:
     """`method`'s scores of the fine-tuned model's experts; calibration data only for the data-driven methods."""
-    calib = pair.task.calibration(cfg.calib_samples) if method in USAGE else None
+    calib = pair.task.calibration(cfg.calib_samples) if criterion(method).needs_data else None
     return score_experts(method, pair.finetuned, pair.pretrained, calib, cfg.seed)
 
 

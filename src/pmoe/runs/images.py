@@ -21,7 +21,7 @@ from pmoe.errors import PmoeError, check
 from pmoe.fields import typed
 from pmoe.io import write_json
 from pmoe.models.presets import build_preset, preset
-from pmoe.runs import num_params
+from pmoe.runs.theory import num_params
 from pmoe.train.evaluate import evaluate_images
 from pmoe.train.recipes import record
 from pmoe.train.vision import FitConfig, fit, resolve_device

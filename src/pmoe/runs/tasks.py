@@ -21,9 +21,9 @@ from pmoe.data.vision import ImageBatches, ImageDataset, balanced_subset
 from pmoe.errors import check
 from pmoe.fields import typed
 from pmoe.metrics import evaluate
-from pmoe.runs import DataSpec
+from pmoe.runs.theory import DataSpec
 from pmoe.train import TrainConfig, evaluate_images, fit, train
-from pmoe.train.image_runs import ImageDataSpec
+from pmoe.runs.images import ImageDataSpec
 from pmoe.train.recipes import FIELDS, RecipeChanges, checkpoint_recipe
 
 RECIPE_FIELDS = tuple(f for f in FIELDS if f != "epochs")  # a post-pruning fine-tune counts steps
