@@ -60,7 +60,7 @@ def summarize(model: torch.nn.Module, train_ds: PatchDataset, test_ds: PatchData
     tr, te = evaluate(model, train_ds), evaluate(model, test_ds)
     out = {"test_accuracy": te["accuracy"], "train_accuracy": tr["accuracy"], "test_loss": te["loss"],
            "train_loss": tr["loss"], **num_params(model)}
-    if hasattr(model, "moe") and test_ds.disc_pos is not None:  # a user's file may not say where the class patch is
+    if model.moe_layers() and test_ds.disc_pos is not None:  # a user's file may not say where the class patch is
         out["routing"] = discriminative_routing(model, test_ds)
         if initial is not None:
             out["routing"]["initial"] = discriminative_routing(initial, test_ds)
