@@ -18,7 +18,8 @@ from pmoe.errors import PmoeError
 from pmoe.experiments.image_samples import CANVAS
 from pmoe.experiments.image_sweep import ImageSweepConfig
 from pmoe.models.presets import PRESETS
-from pmoe.runs.tasks import FinetuneConfig, make_task
+from pmoe.runs.kinds import make_task
+from pmoe.runs.tasks import FinetuneConfig
 from pmoe.train import OptimConfig, make_scheduler
 from pmoe.train.optim import warmup_length
 from pmoe.train.recipes import (PRESET_RECIPES, checkpoint_recipe, describe, override, recipe_for, record,
@@ -166,7 +167,7 @@ def test_sweeps_and_the_post_pruning_fine_tune_start_from_each_presets_recipe(bl
     assert CANVAS.fit_config("wrn-tiny", 5000, 0).optim == OptimConfig("sgd", 0.1, 0.9, 5e-4)  # the published sweep's
 
     assert main(train(blobs, tmp_path / "vit", "--model", "vit-moe-tiny", *TINY, "--quiet")) == 0
-    task = make_task(json.loads((tmp_path / "vit" / "config.json").read_text()), torch.device("cpu"))
+    task = make_task(json.loads((tmp_path / "vit" / "config.json").read_text()), "cpu")
     seen = []
     monkeypatch.setattr("pmoe.runs.tasks.fit", lambda model, train, test, cfg, progress: seen.append(cfg))
     model = torch.nn.Linear(1, 1)

@@ -8,11 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pmoe.checkpoints import nonfinite_weights, read_config
-from pmoe.cli.common import emit, refuse_flags, routing_line
+from pmoe.checkpoints import nonfinite_weights
+from pmoe.cli.common import emit, routing_line
 from pmoe.data.vision import SPLITS
-from pmoe.runs.theory import evaluate_checkpoint, initial_theory_model, summarize
-from pmoe.runs.images import evaluate_run
+from pmoe.runs.kinds import kind_of_checkpoint
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,24 +24,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    arch = read_config(args.checkpoint)["arch"]  # a clear error for a folder that is no checkpoint
+    kind = kind_of_checkpoint(args.checkpoint)  # a clear error for a folder that is no checkpoint
     bad, total = nonfinite_weights(args.checkpoint)
     if bad:
         print(f"pmoe eval: warning: {bad:,} of {total:,} weights of {args.checkpoint} are NaN or infinite (the run "
               "diverged); its results mean nothing", file=sys.stderr)
-    if arch != "theory":
-        r = evaluate_run(args.checkpoint, args.split or "test", args.device or "auto")
-        s = r["split"]
-        groups = (f"   worst-group accuracy {r['worst_group_accuracy']:.4f}" if "worst_group_accuracy" in r else "")
-        emit(r, args.json, [f"{r['model']} on {r['data']} {s} ({r['samples']} images): accuracy "
-                            f"{r[f'{s}_accuracy']:.4f}   loss {r[f'{s}_loss']:.4f}{groups}   parameters {r['params']}"])
-        return 0
-    refuse_flags(args, ("split", "device"), "to vision checkpoints only")
-    model, cfg, train_ds, test_ds = evaluate_checkpoint(args.checkpoint)
-    result = {"checkpoint": args.checkpoint, "model": cfg["model"]["model"],
-              "epochs": cfg.get("train", {}).get("epochs"),
-              **summarize(model, train_ds, test_ds, initial_theory_model(cfg))}
-    emit(result, args.json, [f"{result['model']}: train accuracy {result['train_accuracy']:.4f}   "
-                             f"test accuracy {result['test_accuracy']:.4f}   parameters {result['params']}"]
-                            + ([routing_line(result["routing"])] if "routing" in result else []))
+    r = kind.evaluate(args.checkpoint, args.split, args.device)
+    emit(r, args.json, _split_lines(r) if "split" in r else _train_test_lines(r))
     return 0
+
+
+def _split_lines(r: dict) -> list[str]:
+    """One split of a vision checkpoint, with group accuracies where the data set has groups."""
+    s = r["split"]
+    groups = f"   worst-group accuracy {r['worst_group_accuracy']:.4f}" if "worst_group_accuracy" in r else ""
+    return [f"{r['model']} on {r['data']} {s} ({r['samples']} images): accuracy {r[f'{s}_accuracy']:.4f}   "
+            f"loss {r[f'{s}_loss']:.4f}{groups}   parameters {r['params']}"]
+
+
+def _train_test_lines(r: dict) -> list[str]:
+    """Both splits of a theory checkpoint, with the routers' class-patch hits of a pMoE model."""
+    return ([f"{r['model']}: train accuracy {r['train_accuracy']:.4f}   test accuracy {r['test_accuracy']:.4f}   "
+             f"parameters {r['params']}"] + ([routing_line(r["routing"])] if "routing" in r else []))

@@ -10,14 +10,11 @@ from __future__ import annotations
 import argparse
 
 from pmoe.checkpoints import read_config
-from pmoe.cli.common import (add_data_args, add_output_args, add_train_args, data_spec, emit, is_theory_data,
-                             output, refuse_flags, train_config)
+from pmoe.cli.common import add_data_args, add_output_args, add_train_args, emit, output
+from pmoe.cli.kind_args import kind_specs
 from pmoe.cli.train import summary_lines
-from pmoe.cli.vision_args import THEORY_FLAGS, VISION_FLAGS, add_vision_args, fit_config, image_data_spec, resumable
-from pmoe.data import DATASETS
-from pmoe.errors import check
-from pmoe.runs.theory import finetune as finetune_theory
-from pmoe.runs.images import finetune_preset
+from pmoe.cli.vision_args import add_vision_args, resumable
+from pmoe.runs.kinds import kind_of_arch
 from pmoe.train.recipes import checkpoint_recipe
 
 
@@ -33,26 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    progress = not args.quiet  # on stderr: --json keeps stdout to the result
     cfg = read_config(args.pretrained)
-    if cfg["arch"] == "theory":
-        check(args.data is None or is_theory_data(args.data), f"{args.pretrained} holds a theory model; it takes "
-              f"--data {', '.join(DATASETS)} or file:PATH.npz, got {args.data!r}")
-        refuse_flags(args, VISION_FLAGS, "to vision checkpoints only")
-        if (args.data or "synthetic") == "synthetic":  # of the checkpoint's shape unless told otherwise
-            for k in ("n", "d"):
-                setattr(args, k, getattr(args, k) or cfg["model"][k])
-        data, train_cfg = data_spec(args), train_config(args)
-        with output(args) as folder:
-            result = finetune_theory(args.pretrained, data, train_cfg, folder, progress)
-    else:
-        check(args.data is None or not is_theory_data(args.data), f"{args.pretrained} holds a vision model; it takes "
-              f"an image data set, got --data {args.data!r}")
-        refuse_flags(args, THEORY_FLAGS, "to theory checkpoints only")
-        fit = fit_config(args, checkpoint_recipe(cfg))  # the parent's preset's recipe, flags on top
-        data = image_data_spec(args)
-        with output(args, resumable=True) as folder:
-            result = resumable(args, lambda: finetune_preset(args.pretrained, data, fit, folder, args.resume,
-                                                             progress))
+    kind = kind_of_arch(cfg["arch"])
+    data, train_cfg = kind_specs(args, kind, f"{args.pretrained} holds a {kind.name} model; it",
+                                 lambda: checkpoint_recipe(cfg))  # the parent's preset's recipe, flags on top
+    with output(args, resumable=kind.resumable) as folder:
+        result = resumable(args, lambda: kind.finetune(args.pretrained, data, train_cfg, folder, args.resume,
+                                                       not args.quiet))  # progress on stderr: --json keeps stdout
     emit(result, args.json, summary_lines(result, args.out))
     return 0

@@ -15,7 +15,8 @@ import argparse
 import torch
 
 from pmoe.cli.common import emit, positive_int, routing_line
-from pmoe.runs.route import RouteConfig, route_checkpoint
+from pmoe.runs.kinds import route_checkpoint
+from pmoe.runs.route import RouteConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,27 +5,18 @@ from __future__ import annotations
 
 import argparse
 
-from pmoe.cli.common import (add_data_args, add_model_args, add_output_args, add_train_args, data_spec, emit,
-                             is_theory_data, model_options, output, refuse_flags, routing_line, train_config)
-from pmoe.cli.vision_args import (THEORY_FLAGS, VISION_FLAGS, add_vision_args, fit_config, image_data_spec,
-                                  resumable)
-from pmoe.data import DATASETS
-from pmoe.errors import check
-from pmoe.models import THEORY_MODELS
-from pmoe.models.presets import PRESETS
-from pmoe.options import parse_options
-from pmoe.runs.theory import run as run_theory
-from pmoe.runs.images import train_preset
+from pmoe.cli.common import add_data_args, add_model_args, add_output_args, add_train_args, emit, output, routing_line
+from pmoe.cli.kind_args import ARGS, kind_specs
+from pmoe.cli.vision_args import add_vision_args, resumable
+from pmoe.runs.kinds import KINDS, kind_of_model
 from pmoe.train.recipes import recipe_for
-
-MODEL_FLAGS = ("experts", "neurons", "l", "gate", "pool")  # theory models' architecture flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model and save a checkpoint", description=__doc__)
-    p.add_argument("--model", choices=THEORY_MODELS + tuple(PRESETS), default="pmoe", metavar="MODEL",
-                   help=f"theory model: {', '.join(THEORY_MODELS)} (default: pmoe, joint training); "
-                        f"vision preset: {', '.join(PRESETS)}")
+    p.add_argument("--model", choices=[m for k in KINDS for m in k.models], default="pmoe", metavar="MODEL",
+                   help="; ".join(f"{ARGS[k.name].noun}: {', '.join(k.models)}" for k in KINDS)
+                        + " (default: pmoe, joint training)")
     p.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
                    help="vision presets: a config field, e.g. l=2, router=patch (repeatable); in_channels, "
                         "num_classes and image_size follow the data unless given")
@@ -38,23 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    progress = not args.quiet  # on stderr: --json keeps stdout to the result
-    if args.model in THEORY_MODELS:
-        check(args.data is None or is_theory_data(args.data), f"theory model {args.model!r} takes --data "
-              f"{', '.join(DATASETS)} or file:PATH.npz, got {args.data!r}; image data sets are for the vision presets")
-        refuse_flags(args, VISION_FLAGS + ("model_opt",), "to vision presets only")
-        data, cfg = data_spec(args), train_config(args)
-        with output(args) as folder:
-            result = run_theory(args.model, data, cfg, model_options(args), folder, progress)
-    else:
-        check(args.data is None or not is_theory_data(args.data), f"vision preset {args.model!r} takes an image data "
-              f"set, got --data {args.data!r} (theory data; fashion-patches as images: fashion-patches-image)")
-        refuse_flags(args, THEORY_FLAGS + MODEL_FLAGS, "to theory models only (vision presets: --model-opt KEY=VALUE)")
-        fit = fit_config(args, recipe_for(args.model))
-        data, overrides = image_data_spec(args), parse_options(args.model_opt, "--model-opt")
-        with output(args, resumable=True) as folder:
-            result = resumable(args, lambda: train_preset(args.model, data, fit, folder, overrides, args.resume,
-                                                          progress))
+    kind = kind_of_model(args.model)
+    data, cfg = kind_specs(args, kind, f"{ARGS[kind.name].noun} {args.model!r}", lambda: recipe_for(args.model))
+    overrides = ARGS[kind.name].overrides(args)
+    with output(args, resumable=kind.resumable) as folder:
+        result = resumable(args, lambda: kind.train(args.model, data, cfg, folder, overrides, args.resume,
+                                                    not args.quiet))  # progress on stderr: --json keeps stdout
     emit(result, args.json, summary_lines(result, args.out))
     return 0
 

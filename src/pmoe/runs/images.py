@@ -142,8 +142,11 @@ def _fit(model: nn.Module, name: str | None, data: ImageDataSpec, train_ds: Imag
     return result
 
 
-def evaluate_run(ckpt_dir: str | Path, split: str = "test", device: str = "auto", batch_size: int = 512) -> dict:
-    """Evaluate the vision checkpoint `ckpt_dir` on `split` of the data it was made with (rebuilt from config.json)."""
+def evaluate_run(ckpt_dir: str | Path, split: str | None = "test", device: str | None = "auto",
+                 batch_size: int = 512) -> dict:
+    """Evaluate the vision checkpoint `ckpt_dir` on `split` (None: test) of the data it was made with (rebuilt from
+    config.json), on `device` (None: auto)."""
+    split, device = split or "test", device or "auto"
     model, cfg = load_checkpoint(ckpt_dir)
     check("data" in cfg, f"{ckpt_dir}/{CONFIG} records no data spec; cannot rebuild its data")
     ds = typed(ImageDataSpec, cfg.get("data"), "the data section of config.json").make(split)

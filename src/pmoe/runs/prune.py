@@ -23,8 +23,8 @@ from pmoe.prune.criteria import KeepSpec
 from pmoe.prune.registry import criterion
 from pmoe.prune.scores import choose_kept, score_experts
 from pmoe.prune.surgery import MODES, prune_model, pruning_record
-from pmoe.runs.tasks import FinetuneConfig, Task, make_task
-from pmoe.train import resolve_device
+from pmoe.runs.kinds import make_task
+from pmoe.runs.tasks import FinetuneConfig, Task
 
 STALE = ("format", "version", "arch", "model", "progress", "result")  # config sections not carried over
 
@@ -78,10 +78,10 @@ def load_pair(finetuned_dir: str | Path, pretrained_dir: str | Path | None, devi
         if "sha256" in parent:  # the fine-tune recorded its parent
             check(parent["sha256"] == sha, f"{finetuned_dir} was fine-tuned from {parent.get('path')} (weights sha256 "
                                            f"{parent['sha256'][:12]}…), not from {pretrained_dir} (sha256 {sha[:12]}…)")
-    dev = torch.device("cpu") if cfg["arch"] == "theory" else resolve_device(device)
-    finetuned = load_checkpoint(finetuned_dir)[0].to(dev)
-    pretrained = load_checkpoint(pretrained_dir)[0].to(dev) if pretrained_dir is not None else None
-    return Pair(finetuned, pretrained, cfg, make_task(cfg, dev), sources)
+    task = make_task(cfg, device)
+    finetuned = load_checkpoint(finetuned_dir)[0].to(task.device)
+    pretrained = load_checkpoint(pretrained_dir)[0].to(task.device) if pretrained_dir is not None else None
+    return Pair(finetuned, pretrained, cfg, task, sources)
 
 
 def scores_for(pair: Pair, method: str, cfg: PruneConfig) -> list[torch.Tensor]:

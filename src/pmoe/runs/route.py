@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from pmoe.analysis import ExpertCells, draw_routing_grid, examples_per_class, expert_cells, layer_index, pick_frequency
 from pmoe.analysis.hits import class_patch_hits
-from pmoe.checkpoints import load_checkpoint, read_config
+from pmoe.checkpoints import load_checkpoint
 from pmoe.data.patches import canvas_image
 from pmoe.data.vision import ImageBatches, seeded_generator
 from pmoe.errors import check
@@ -37,12 +37,6 @@ class RouteConfig:
     examples: int = 3  # example images per class in the picture
     png: str | None = None  # where to draw the picture; None: no picture
     device: str | None = None  # vision checkpoints: auto, cpu, cuda, cuda:N (None: auto); theory models run on CPU
-
-
-def route_checkpoint(ckpt_dir: str | Path, cfg: RouteConfig) -> dict:
-    """The routing report of checkpoint `ckpt_dir` (see the module docstring)."""
-    route = route_theory if read_config(ckpt_dir)["arch"] == "theory" else route_vision
-    return route(ckpt_dir, cfg)
 
 
 def _picture(cfg: RouteConfig, model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],

@@ -1,6 +1,6 @@
 """The data of a checkpoint, for pruning: test accuracy, calibration batches, example inputs, post-pruning fine-tune.
 
-`make_task(config)` reads the `data` section a checkpoint was trained with: a theory `DataSpec` (`pmoe train`,
+`pmoe.runs.kinds.make_task(config, device)` reads the `data` section a checkpoint was trained with: a theory `DataSpec` (`pmoe train`,
 `pmoe finetune` of theory models) or a vision `ImageDataSpec` (`pmoe train-vision`-style runs and their fine-tunes).
 Post-pruning fine-tune (`FinetuneConfig`): vision models take the training recipe of the checkpoint's preset
 (`pmoe.train.recipes`, its warm-up capped at 10% of the steps for the ViTs) for `steps` optimizer steps of `fit`, the
@@ -42,6 +42,8 @@ class FinetuneConfig(RecipeChanges):
 
 
 class Task(Protocol):
+    device: torch.device  # where its batches go
+
     def evaluate(self, model: nn.Module) -> dict: ...  # {'accuracy', 'loss', ...} on the test split
 
     def calibration(self, samples: int, batch_size: int = 256) -> Iterator[Tensor]: ...  # training inputs
@@ -54,7 +56,9 @@ class Task(Protocol):
 class TheoryTask:
     """A theory checkpoint's synthetic or patch-canvas data (its `DataSpec`); models stay on the CPU."""
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: dict, device: torch.device) -> None:
+        check(device.type == "cpu", f"theory models run on the CPU, not on {device}")
+        self.device = device
         self.train, self.test = typed(DataSpec, config.get("data"), "the data section of config.json").make()
 
     def evaluate(self, model: nn.Module) -> dict:
@@ -100,9 +104,3 @@ class VisionTask:
         batch = min(fc.batch_size, len(self.train))
         epochs = math.ceil(cfg.steps / (len(self.train) // batch))
         fit(model, self.train, None, replace(fc, batch_size=batch, epochs=epochs), progress=False)
-
-
-def make_task(config: dict, device: torch.device) -> Task:
-    """The task of a checkpoint config (its `data` section)."""
-    check("data" in config, "the checkpoint's config.json records no data spec: its test data cannot be rebuilt")
-    return TheoryTask(config) if config["arch"] == "theory" else VisionTask(config, device)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -89,11 +89,14 @@ def run(model_name: str, data: DataSpec, train_cfg: TrainConfig, model_options: 
 
 def finetune(pretrained: str | Path, data: DataSpec, train_cfg: TrainConfig, out_dir: str | Path | None = None,
              progress: bool = True) -> dict:
-    """Continue training the theory checkpoint `pretrained` on `data` (same n and d); save to `out_dir` if given,
+    """Continue training the theory checkpoint `pretrained` on `data` (same n and d; synthetic data takes the
+    checkpoint's n and d unless its options give them); save to `out_dir` if given,
     recording the parent's path and weights' SHA-256 in the section `pretrained`. Returns the summary."""
     start = time.perf_counter()
     model, cfg = load_checkpoint(pretrained)
     check(cfg["arch"] == "theory", f"{pretrained} holds a {cfg['arch']!r} model; theory data needs a theory model")
+    if data.name == "synthetic":  # of the checkpoint's shape unless told otherwise
+        data = replace(data, options={"n": model.config.n, "d": model.config.d, **data.options})
     train_ds, test_ds = data.make()
     n, d = model.config.n, model.config.d
     check((train_ds.n, train_ds.d) == (n, d), f"{pretrained} holds a model of n={n} patches of d={d}; the data "
@@ -120,6 +123,30 @@ def _train(model: torch.nn.Module, data: DataSpec, train_ds: PatchDataset, test_
         with atomic_path(out / "metrics.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(rec) + "\n" for rec in history))
     return result, history
+
+
+def train_theory(name: str, data: DataSpec, cfg: TrainConfig, out_dir: str | Path, overrides: dict | None = None,
+                 resume: bool = False, progress: bool = True) -> dict:
+    """`run` with the arguments of every kind of run (`pmoe.runs.kinds`); theory runs are not resumable."""
+    check(not resume, "theory runs are not resumable (they take seconds to minutes): run them again")
+    return run(name, data, cfg, overrides, out_dir, progress)
+
+
+def finetune_theory(pretrained: str | Path, data: DataSpec, cfg: TrainConfig, out_dir: str | Path,
+                    resume: bool = False, progress: bool = True) -> dict:
+    """`finetune` with the arguments of every kind of run (`pmoe.runs.kinds`)."""
+    check(not resume, "theory runs are not resumable (they take seconds to minutes): run them again")
+    return finetune(pretrained, data, cfg, out_dir, progress)
+
+
+def evaluate_theory(ckpt_dir: str | Path, split: str | None = None, device: str | None = None) -> dict:
+    """Train and test accuracy of a theory checkpoint on its data (`summarize`, with the run's initial weights'
+    routing); theory models evaluate both splits on the CPU, so `split` and `device` must be None."""
+    check(split is None and device is None, "split and device apply to vision checkpoints only (a theory model is "
+                                            "evaluated on both its splits, on the CPU)")
+    model, cfg, train_ds, test_ds = evaluate_checkpoint(ckpt_dir)
+    return {"checkpoint": str(ckpt_dir), "model": cfg["model"]["model"], "epochs": cfg.get("train", {}).get("epochs"),
+            **summarize(model, train_ds, test_ds, initial_theory_model(cfg))}
 
 
 def evaluate_checkpoint(ckpt_dir: str | Path) -> tuple[torch.nn.Module, dict, PatchDataset, PatchDataset]:
