@@ -169,12 +169,17 @@ def main() -> None:
     table = markdown_table(headers, [[r["size"], r["variant"], r["fwd_ms"], r["fwd+bwd_ms"], r["fwd+bwd_tflops"],
                                       r["fwd+bwd_over_bare"], f"{r['fwd+bwd_outside_matmuls']:.0%}",
                                       r.get("fwd+bwd_peak_mib", "-")] for r in rows])
+    report(args.out, env, rows, table)
+
+
+def report(out: str, env: dict, rows: list[dict], table: str) -> None:
+    """Print the environment line and `table`; write OUT.json (env, rows) and OUT.md (the same text)."""
     head = ", ".join(f"{k}={v}" for k, v in env.items())
     print(head + "\n\n" + table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
-    out.with_suffix(".md").write_text(f"{head}\n\n{table}")
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+    path.with_suffix(".md").write_text(f"{head}\n\n{table}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from pmoe.data.vision import ImageBatches, ImageDataset
+from pmoe.errors import PmoeError
 from pmoe.models.presets import PRESETS, build_preset, preset
-from pmoe.models.wrn import patchify
+from pmoe.models.images import patchify
 from pmoe.train import FitConfig, OptimConfig, fit
 from pmoe.train.batchnorm import batch_norms, recompute_batch_norm
 from pmoe.train.evaluate import task_loss
@@ -84,10 +85,17 @@ def test_eval_mode_tracks_train_mode_after_a_few_steps(name, channels, side):
     assert abs(eval_acc - train_acc) <= 0.1 and abs(eval_loss.item() - train_loss.item()) <= 0.15 * train_loss.item()
 
 
-def test_wrn_pmoe_eval_forward_equals_a_per_expert_loop():
+AUTHORS_LAYOUT = {"gate": "softmax_all", "gate_activations": False}  # gate on the conv outputs, then BN -> ReLU
+
+
+@pytest.mark.parametrize("layout", [{}, AUTHORS_LAYOUT], ids=["preset", "authors"])
+def test_wrn_pmoe_eval_forward_equals_a_per_expert_loop(layout):
+    """The preset gates each expert's BN -> ReLU activations of the regions it took (softmax over their l scores,
+    pooled as the gate-weighted sum of region means); the authors' layout gates the conv outputs (softmax over all n
+    scores, top l kept), then BN -> ReLU -> mean over the whole map."""
     ds = learnable(64)
     torch.manual_seed(0)
-    model = build_for_data("wrn-pmoe-tiny", ds)
+    model = build_for_data("wrn-pmoe-tiny", ds, layout)
     fit(model, ds, None, FitConfig(epochs=2, batch_size=32, augment=False, device="cpu"), progress=False)
     cfg, moe = model.config, model.moe
     x = next(iter(ImageBatches(ds, 6)))[0]
@@ -98,23 +106,40 @@ def test_wrn_pmoe_eval_forward_equals_a_per_expert_loop():
         bank, bn, p = moe.experts, moe.experts.norm, cfg.region
         C, O, k, n = bank.in_channels, bank.out_channels, cfg.experts, cfg.regions
         out = torch.zeros(len(x), n, k, O * p * p, dtype=torch.float64)  # (B, n, k, O*p*p)
+        weight = torch.zeros(len(x), n, k, dtype=torch.float64)  # gate of region j in expert s's pooled block
         for b in range(len(x)):
             for s in range(k):
                 scores = regions[b] @ moe.router.weight[s].double()  # (n,)
-                gates = scores.softmax(0)  # the authors' gate: softmax over all n, top l kept
-                for j in scores.topk(cfg.l).indices.tolist():
+                chosen = scores.topk(cfg.l).indices
+                gates = torch.zeros(n, dtype=torch.float64)
+                gates[chosen] = scores[chosen].softmax(0) if cfg.gate_activations else scores.softmax(0)[chosen]
+                for j in chosen.tolist():
                     patch = regions[b, j].view(1, C, p, p)
                     mean, var = bn.running_mean[s * C:(s + 1) * C].double(), bn.running_var[s * C:(s + 1) * C].double()
                     h = (patch - mean.view(1, C, 1, 1)) / (var.view(1, C, 1, 1) + bn.eps).sqrt()
                     h = F.relu(h * bn.weight[s * C:(s + 1) * C].double().view(1, C, 1, 1)
                                + bn.bias[s * C:(s + 1) * C].double().view(1, C, 1, 1))
                     w, bias = bank.conv.weight[s * O:(s + 1) * O].double(), bank.conv.bias[s * O:(s + 1) * O].double()
-                    out[b, j, s] = gates[j] * F.conv2d(h, w, bias, padding=cfg.expert_kernel // 2).flatten()
+                    y = F.conv2d(h, w, bias, padding=cfg.expert_kernel // 2).flatten()
+                    out[b, j, s] = y if cfg.gate_activations else gates[j] * y
+                weight[b, :, s] = gates
         side = cfg.map_size
         fmap = out.view(len(x), side // p, side // p, k * O, p, p).permute(0, 3, 1, 4, 2, 5).reshape(
             len(x), k * O, side, side)  # (B, k*O, S, S): expert s's channels in block s
         norm = model.norm
-        fmap = F.batch_norm(fmap, norm.running_mean.double(), norm.running_var.double(), norm.weight.double(),
-                            norm.bias.double(), False, 0.0, norm.eps)
-        logits = F.linear(F.relu(fmap).mean(dim=(2, 3)), model.head.weight.double(), model.head.bias.double())
+        act = F.relu(F.batch_norm(fmap, norm.running_mean.double(), norm.running_var.double(), norm.weight.double(),
+                                  norm.bias.double(), False, 0.0, norm.eps))
+        if cfg.gate_activations:  # sum over regions of gate x the region's mean activation, block by block
+            act = patchify(act, p).view(len(x), n, k, O, p * p).mean(-1)  # (B, n, k, O)
+            pooled = (act * weight.unsqueeze(-1)).sum(1).reshape(len(x), k * O)
+        else:
+            pooled = act.mean(dim=(2, 3))
+        logits = F.linear(pooled, model.head.weight.double(), model.head.bias.double())
     torch.testing.assert_close(expected.double(), logits, rtol=1e-4, atol=1e-4)
+    applied = weight.gather(1, moe.last_routing.index.transpose(1, 2).cpu()).transpose(1, 2)  # (B, k, l)
+    torch.testing.assert_close(moe.last_routing.gates.double(), applied)  # the routing records the gates applied
+
+
+def test_gated_activations_refuse_the_unnormalised_gate():
+    with pytest.raises(PmoeError, match=r"softmax_all renormalised is softmax_selected\): use gate=softmax_selected"):
+        build_preset("wrn-pmoe-tiny", gate="softmax_all")

@@ -5,8 +5,7 @@ import torch
 from torch import nn
 
 from pmoe.errors import PmoeError
-from pmoe.layers import ConvExperts, MlpExperts, PatchMoE, TokenMoE, relu_neurons
-from pmoe.layers.ffn import MoEMlp
+from pmoe.layers import ConvExperts, MlpExperts, MoEMlp, PatchMoE, TokenMoE, collect_aux_loss, relu_neurons
 from pmoe.layers.reference import expert_loop_forward, loop_forward, masked_forward
 
 D = torch.float64
@@ -138,9 +137,9 @@ def test_moe_mlp_takes_timm_mlp_signature_and_sets_l_from_n():
     make = functools.partial(MoEMlp, num_experts=4, router="patch", num_selected=2)
     mlp = make(in_features=8, hidden_features=16, out_features=None, act_layer=nn.GELU, bias=True, drop=0.0)
     y = mlp(torch.randn(2, 10, 8))
-    assert y.shape == (2, 10, 8) and mlp.moe.l == 5  # ceil(10 * 2 / 4)
+    assert y.shape == (2, 10, 8) and mlp.moe.last_routing.index.shape[-1] == 5  # l = ceil(10 * 2 / 4)
     tok = MoEMlp(8, 16, num_experts=4, router="token")
-    assert tok(torch.randn(2, 10, 8)).shape == (2, 10, 8) and tok.aux_loss is not None
+    assert tok(torch.randn(2, 10, 8)).shape == (2, 10, 8) and collect_aux_loss(tok) > 0
 
 
 def test_layers_reject_bad_inputs():
@@ -155,6 +154,11 @@ def test_layers_reject_bad_inputs():
         PatchMoE(ConvExperts(4, 3, 2, patch_size=(2, 2)), l=3, dispatch="dense")
     with pytest.raises(PmoeError, match="router"):
         MoEMlp(8, router="dense")
+    with pytest.raises(PmoeError, match="ensemble .* routes tokens: router must be 'token', got 'patch'"):
+        MoEMlp(8, num_experts=4, router="patch", ensemble_size=2)
+    for l, K in [(None, None), (3, 2)]:
+        with pytest.raises(PmoeError, match=f"give one of l .* got l={l}, num_selected={K}"):
+            PatchMoE(MlpExperts(4, 12, 6), l=l, num_selected=K)
     with pytest.raises(PmoeError, match="group_size"):
         TokenMoE(MlpExperts(4, 6, 7), group_size=5)(torch.randn(2, 4, 6))
     with pytest.raises(PmoeError, match="output_weights"):

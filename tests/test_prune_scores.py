@@ -12,11 +12,11 @@ from torch.testing import assert_close
 from pmoe.errors import PmoeError
 from pmoe.layers import ConvExperts, MlpExperts, PatchMoE, TokenMoE
 from pmoe.models import theory_config
-from pmoe.models.e3moe import EnsembleTokenMoE
+from pmoe.layers import EnsembleTokenMoE
 from pmoe.models.presets import build_preset
 from pmoe.models.theory import build_theory_model
-from pmoe.prune.scores import METHODS, check_pair, choose_kept, score_experts
-from pmoe.routing import PatchRouting
+from pmoe.prune import METHODS, check_pair, choose_kept, score_experts
+from pmoe.layers.routing import PatchRouting
 
 # Routers [4, 2] whose rankings differ under every criterion (keep 2):
 W0 = [[1.0, 0.0], [3.0, 0.0], [1.0, 0.0], [2.0, 0.0]]

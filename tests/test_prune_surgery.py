@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-import pmoe.models.e3moe as e3moe
+import pmoe.layers.ensemble as e3moe
 from pmoe.checkpoints import load_checkpoint, save_checkpoint
 from pmoe.errors import PmoeError
 from pmoe.layers import TokenMoE
@@ -18,7 +18,7 @@ from pmoe.models import theory_config
 from pmoe.models.presets import build_preset
 from pmoe.models.theory import build_theory_model
 from pmoe.prune.surgery import prune_model, pruning_record
-from pmoe.routing import expert_capacity, token_choice
+from pmoe.layers.routing import expert_capacity, token_choice
 from pmoe.train.vision import model_spec
 
 KEPT = [1, 3]  # of 4 experts (E³: one per member group)

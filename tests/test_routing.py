@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pmoe.errors import PmoeError
-from pmoe.routing import expert_capacity, expert_choice, token_choice
+from pmoe.layers.routing import expert_capacity, expert_choice, token_choice
 
 
 def scores(B=3, n=10, k=4, seed=0):

@@ -13,7 +13,7 @@ from pmoe.cli import main
 from pmoe.errors import PmoeError
 from pmoe.models import build_theory_model, theory_config
 from pmoe.models.presets import build_preset, preset
-from pmoe.routing import PatchRouting, TokenRouting
+from pmoe.layers.routing import PatchRouting, TokenRouting
 from pmoe.runs.images import ImageDataSpec
 
 PNG = b"\x89PNG"

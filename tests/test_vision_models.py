@@ -6,16 +6,10 @@ import torch
 
 from pmoe.checkpoints import load_checkpoint, save_checkpoint
 from pmoe.errors import PmoeError
-from pmoe.layers import PatchMoE, TokenMoE
-from pmoe.layers.ffn import MoEMlp
-from pmoe.models import ARCHS, build_model, theory_config
-from pmoe.models.e3moe import E3Config, EnsembleMoEMlp, EnsembleTokenMoE
-from pmoe.models.images import fit_images
-from pmoe.models.presets import PRESETS, build_preset, preset
-from pmoe.models.theory import MixtureOfCNNs, TwoLayerCNN
-from pmoe.models.vit import ViT, ViTConfig
-from pmoe.models.wrn import WRNConfig, patchify, unpatchify
-from pmoe.routing import PatchRouting, TokenRouting
+from pmoe.layers import EnsembleTokenMoE, MoEMlp, PatchMoE, PatchRouting, TokenMoE, TokenRouting
+from pmoe.models import (ARCHS, PRESETS, E3Config, MixtureOfCNNs, TwoLayerCNN, ViT, ViTConfig, WRNConfig, build_model,
+                         build_preset, preset, theory_config)
+from pmoe.models.images import fit_images, patchify, unpatchify
 
 # Presets too slow for a CPU forward+backward at full size: forward only, at two patches per side (their backward
 # runs the same code as the tiny presets'); their full-size construction is checked on the meta device.
@@ -130,7 +124,7 @@ def test_wrn_pmoe_experts_compute_only_on_their_l_regions():
         for s in range(k):
             skipped = sorted(set(range(cfg.regions)) - set(r.index[b, s].tolist()))
             assert blocks[b, skipped, s].abs().sum() == 0 and blocks[b, r.index[b, s], s].abs().sum() > 0
-    assert isinstance(model.last_routing, PatchRouting)
+    assert isinstance(model.moe.last_routing, PatchRouting)
 
 
 def test_vit_moe_blocks_are_where_the_config_says():
@@ -138,7 +132,8 @@ def test_vit_moe_blocks_are_where_the_config_says():
         vmoe_b = build_preset("vit-moe-b")
         e3 = build_preset("e3-s32")
     assert [i for i, b in enumerate(vmoe_b.blocks) if isinstance(b.mlp, MoEMlp)] == [1, 3, 5, 7, 9, 11]
-    assert [i for i, b in enumerate(e3.blocks) if isinstance(b.mlp, EnsembleMoEMlp)] == [5, 7]
+    assert [i for i, b in enumerate(e3.blocks) if isinstance(b.mlp, MoEMlp)] == [5, 7]
+    assert all(isinstance(layer, EnsembleTokenMoE) for layer in e3.moe_layers())
     custom = build_preset("vit-moe-tiny", moe_blocks=[0, 2])  # a list, as from JSON
     assert [i for i, b in enumerate(custom.blocks) if isinstance(b.mlp, MoEMlp)] == [0, 2]
     assert custom.config.moe_blocks == (0, 2) and build_preset("vit-tiny").moe_layers() == []
@@ -157,7 +152,7 @@ def test_vit_moe_with_each_router(router):
     aux = model.aux_loss()
     assert (aux > 0) if router == "token" else (aux == 0)
     for ffn in model.moe_ffns():
-        r = ffn.last_routing
+        r = ffn.moe.last_routing
         if router == "patch":  # every expert takes l = ceil(n*K/k) of each image's 65 tokens
             assert isinstance(r, PatchRouting) and r.index.shape == (2, 4, math.ceil(65 * 2 / 4))
         else:
@@ -177,7 +172,7 @@ def test_e3_member_m_is_routed_only_to_group_m():
     model.train()(images(cfg, batch=3))
     M, e, n = 4, 2, cfg.tokens
     for ffn in model.moe_ffns():
-        r = ffn.last_routing
+        r = ffn.moe.last_routing
         assert r.expert.shape == (3, M * n, 1)  # groups: an image's M copies
         member = torch.arange(M * n).div(n, rounding_mode="floor").view(1, -1, 1)
         assert torch.equal(r.expert.div(e, rounding_mode="floor"), member.expand_as(r.expert))
@@ -295,7 +290,7 @@ def test_every_model_lists_its_routed_layers_with_k_by_d_routers():
     mix = MixtureOfCNNs(theory_config("pmoe", n=4, d=3, l=2))
     assert mix.moe_layers() == [mix.moe] and TwoLayerCNN(theory_config("cnn", n=4, d=3)).moe_layers() == []
     e3 = build_preset("e3-tiny").moe_layers()[0]
-    assert isinstance(e3, EnsembleTokenMoE) and e3.router.weight.shape == (4, 64) and e3.ensemble_size == 2
+    assert isinstance(e3, EnsembleTokenMoE) and e3.router.weight.shape == (4, 64) and e3.groups == 2
 
 
 def test_presets_match_their_papers():

@@ -9,9 +9,10 @@ from typing import Any, ContextManager
 from pmoe.data import DATASETS, DEFAULT_DATA_DIR, FILE_PREFIX
 from pmoe.data.vision import DATASETS_ROOT, IMAGE_DATASETS
 from pmoe.errors import check
+from pmoe.experiments.flags import positive_int
 from pmoe.io import finite_json
 from pmoe.outputs import output_folder
-from pmoe.routing import GATE_MODES
+from pmoe.layers.routing import GATE_MODES
 from pmoe.runs.theory import DataSpec
 from pmoe.train import FitConfig, TrainConfig
 from pmoe.train.state import differences
@@ -41,14 +42,6 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a folder holding other files (once the new checkpoint is complete)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-
-
-def add_report_args(p: argparse.ArgumentParser) -> None:
-    """--overwrite, --json and --quiet: the tail of every experiment (progress on stderr, the summary on stdout)."""
-    p.add_argument("--overwrite", action="store_true", help="replace a folder holding another report (once the new "
-                                                            "one is complete)")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object (the last stdout line)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -83,13 +76,6 @@ def report_output(args: argparse.Namespace, config: dict | None) -> ContextManag
     new = json.loads(json.dumps(config))
     differs = "; ".join(differences({"config": saved}, {"config": new})) if isinstance(saved, dict) else ""
     return output(args, resumable=True, same_run=(out / "runs").is_dir() or saved == new, differs=differs)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
 
 
 SYNTHETIC_FLAGS = ("n", "d", "noise", "similarity", "num_irrelevant")  # dests of the synthetic data's flags

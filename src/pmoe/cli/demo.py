@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import argparse
 
-from pmoe.cli.common import add_report_args, emit, positive_int, report_output
+from pmoe.cli.common import emit, report_output
 from pmoe.experiments.demo import run_demo
+from pmoe.experiments.flags import add_report_args, add_workers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the end-to-end demo into one report folder", description=__doc__)
     p.add_argument("--out", default="reports/demo", help="report folder (default: reports/demo)")
-    p.add_argument("--workers", type=positive_int, help="parallel runs (default: CPU cores)")
+    add_workers(p)
     add_report_args(p)
     p.set_defaults(func=run)
 

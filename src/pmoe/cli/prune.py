@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from pmoe.cli.common import emit, positive_int
-from pmoe.cli.vision_args import add_recipe_args, recipe_changes
+from pmoe.cli.common import emit
+from pmoe.experiments.flags import add_recipe_args, positive_int, recipe_changes
 from pmoe.runs.prune import PruneConfig, prune_checkpoint
 from pmoe.prune.registry import METHODS
 from pmoe.prune.surgery import MODES

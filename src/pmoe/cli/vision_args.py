@@ -7,41 +7,20 @@ import argparse
 import sys
 from typing import Callable
 
-from pmoe.cli.common import pick, positive_int
+from pmoe.cli.common import pick
+from pmoe.train.distributed.mesh import check_layout, is_main_process, world_size
+from pmoe.errors import check
+from pmoe.experiments.flags import add_recipe_args, positive_int, recipe_changes
 from pmoe.options import parse_options
 from pmoe.train import FitConfig
 from pmoe.runs.images import ImageDataSpec, finished
-from pmoe.train.optim import DEFAULTS, OPTIMIZERS, SCHEDULES
-from pmoe.train.recipes import FIELDS, Recipe, describe, override
+from pmoe.train.recipes import Recipe, describe, override
 
 # Dests of the flags below (for refusing them with a theory model) and of the theory-only flags of `common`.
 VISION_FLAGS = ("optimizer", "momentum", "weight_decay", "warmup_steps", "schedule", "clip_norm", "max_steps",
-                "augment", "no_augment", "no_bf16", "device", "workers", "eval_batch_size", "data_opt", "resume")
+                "augment", "no_augment", "no_bf16", "device", "workers", "eval_batch_size", "data_opt", "resume",
+                "expert_parallel", "fsdp")
 THEORY_FLAGS = ("n", "d", "noise", "similarity", "num_irrelevant", "router_epochs", "classes", "grid", "test_data")
-
-
-def add_recipe_args(g: argparse._ArgumentGroup) -> None:
-    """The flags that change single fields of a training recipe (`pmoe.train.recipes.override`), beside --lr,
-    --epochs and --batch-size where a command has them."""
-    g.add_argument("--optimizer", choices=OPTIMIZERS, help="another family brings its own lr, momentum and weight "
-                   "decay unless given (" + "; ".join(f"{k}: lr {v['lr']}, weight decay {v['weight_decay']}"
-                                                      for k, v in DEFAULTS.items()) + ")")
-    g.add_argument("--momentum", type=float, help="SGD momentum, AdamW beta1")
-    g.add_argument("--weight-decay", type=float, help="on weights of 2+ dims")
-    g.add_argument("--warmup-steps", type=int, help="linear warm-up steps, then the schedule; taken as given (a "
-                   "recipe's own warm-up is capped at a fraction of the run)")
-    g.add_argument("--schedule", choices=SCHEDULES, help="after the warm-up (cosine: to 0)")
-    g.add_argument("--clip-norm", type=float, help="clip gradients to this global norm; 0: none")
-    aug = g.add_mutually_exclusive_group()
-    aug.add_argument("--augment", action="store_true", help="random crop + flip of the training images")
-    aug.add_argument("--no-augment", action="store_true", help="no augmentation")
-
-
-def recipe_changes(args: argparse.Namespace, fields: tuple[str, ...] = FIELDS) -> dict:
-    """The recipe fields among `fields` that the flags give."""
-    augment = True if args.augment else False if args.no_augment else None
-    values = {k: augment if k == "augment" else getattr(args, k) for k in fields}
-    return {k: v for k, v in values.items() if v is not None}
 
 
 def add_vision_args(p: argparse.ArgumentParser) -> None:
@@ -57,6 +36,10 @@ def add_vision_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-opt", action="append", metavar="KEY=VALUE",
                    help="a field of the image data set's config, e.g. val_fraction=0.1 (repeatable)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out (same flags) where it stopped")
+    g.add_argument("--expert-parallel", type=positive_int, metavar="E", help="under torchrun: share each MoE layer's "
+                   "experts out over groups of E processes (E divides the processes and the experts; default: 1)")
+    g.add_argument("--fsdp", action="store_true", help="under torchrun: shard the dense weights over the processes "
+                   "with FSDP2 (default: a whole copy on each, kept in step by DDP)")
 
 
 def fit_config(args: argparse.Namespace, recipe: Recipe) -> FitConfig:
@@ -64,9 +47,13 @@ def fit_config(args: argparse.Namespace, recipe: Recipe) -> FitConfig:
     d = FitConfig()
     runtime = dict(max_steps=args.max_steps, bf16=not args.no_bf16, seed=args.seed, device=args.device or d.device,
                    eval_batch_size=pick(args.eval_batch_size, d.eval_batch_size),
-                   num_workers=pick(args.workers, d.num_workers), eval_every=pick(args.eval_every, d.eval_every))
+                   num_workers=pick(args.workers, d.num_workers), eval_every=pick(args.eval_every, d.eval_every),
+                   expert_parallel=pick(args.expert_parallel, d.expert_parallel), fsdp=args.fsdp)
+    check_layout(runtime["expert_parallel"], args.fsdp, world_size())  # before the data are read
+    check(world_size() == 1 or not args.overwrite, "--overwrite under torchrun: every process would stage its own "
+                                                   "copy of --out; remove the folder first, or train into a new one")
     cfg = override(recipe.fit_config(**runtime), **recipe_changes(args))
-    if not (args.quiet or args.json):
+    if not (args.quiet or args.json) and is_main_process():
         print(f"pmoe {args.command}: {describe(cfg)}", file=sys.stderr)
     return cfg
 

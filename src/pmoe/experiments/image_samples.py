@@ -13,18 +13,25 @@ and resumed or read back on a re-run.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from pmoe.experiments.image_sweep import ImageSweepConfig, group_runs, run_sweep, summarize
+from pmoe.experiments.image_sweep import (AUTHORS_LAYOUT, ImageSweepConfig, add_sweep_args, group_runs, run_sweep,
+                                         summarize, sweep_config)
 from pmoe.io import write_json, write_text
 from pmoe.reports import line_plot, markdown_table, mean_std
 
+NAME = "image-samples"
+HELP = "WRN vs WRN-pMoE: test accuracy against training images and FLOPs"
+COUNT = "runs"
+
 # 8 filters per expert: wrn-pmoe-tiny's width when REPRODUCTION §4 (a) was measured (the preset has 16 since).
 CANVAS = ImageSweepConfig(data="fashion-patches-image", data_options={"num_samples": 5000},
-                          models=["wrn-tiny", "wrn-pmoe-tiny:region=7,l=2,expert_channels=8"], samples=[250, 500, 1000, 5000],
+                          models=["wrn-tiny", f"wrn-pmoe-tiny:region=7,l=2,expert_channels=8,{AUTHORS_LAYOUT}"],
+                          samples=[250, 500, 1000, 5000],
                           test_samples=2000, seeds=3, epochs=20, min_steps=400, augment=False)
 FASHION = ImageSweepConfig(data="fashion-mnist", models=["wrn-cifar", "wrn-pmoe-cifar"],
                            samples=[1000, 4000, 16000], seeds=2, epochs=15, min_steps=600, augment=True)
@@ -39,6 +46,14 @@ def preset(data: str | None, quick: bool) -> ImageSweepConfig:
     if quick:
         return replace(QUICK, **({"data": data} if data else {}))
     return replace(PRESETS.get(data, CANVAS), **({"data": data} if data else {}))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_sweep_args(p, "image data set (default: fashion-patches-image; fashion-mnist: the CIFAR presets)")
+
+
+def config(args: argparse.Namespace) -> ImageSweepConfig:
+    return sweep_config(preset(args.data, args.quick), args)
 
 
 def report(cfg: ImageSweepConfig, results: list[dict], out: Path) -> str:
@@ -81,7 +96,8 @@ def report(cfg: ImageSweepConfig, results: list[dict], out: Path) -> str:
                                           [[m, params[m], f"{flops[m] / 1e6:.1f}"] for m in cfg.models])
 
 
-def run_experiment(cfg: ImageSweepConfig, out_dir: str | Path, workers: int = 1, progress: bool = True) -> dict:
+def run_experiment(cfg: ImageSweepConfig, out_dir: str | Path, workers: int | None = 1,
+                   progress: bool = True) -> dict:
     """Train every model, N and seed into out_dir/runs (`workers` at a time); write results.json,
     accuracy_vs_samples.png, accuracy_vs_flops.png and results.md there."""
     out, start = Path(out_dir), time.perf_counter()

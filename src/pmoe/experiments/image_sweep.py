@@ -12,6 +12,7 @@ the best expert of each class in the first MoE layer covers the class patch ('cl
 """
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from dataclasses import asdict, dataclass, field, replace
@@ -24,6 +25,7 @@ from pmoe.analysis.hits import class_patch_hits
 from pmoe.checkpoints import CONFIG, load_checkpoint, read_config
 from pmoe.data.vision import ImageDataset
 from pmoe.errors import check
+from pmoe.experiments.flags import add_out, add_recipe_args, given, positive_int, recipe_changes
 from pmoe.experiments.runner import parallel_map
 from pmoe.io import write_json
 from pmoe.models.presets import PRESETS
@@ -36,6 +38,11 @@ from pmoe.train.recipes import RecipeChanges, describe, recipe_for
 from pmoe.train.state import STATE, as_json, differences
 from pmoe.train.vision import RUNTIME_FIELDS, model_spec, resolve_device
 
+
+# The published sweeps' WRN-pMoE layout: the authors' gate on the experts' conv outputs, softmax over all n regions.
+# wrn-pmoe-tiny gates the experts' activations since the first-run fix (REPRODUCTION §4); the full sweeps pin the
+# layout they were measured with, so that their numbers reproduce (the quick ones run the preset as it is).
+AUTHORS_LAYOUT = "gate=softmax_all,gate_activations=false"
 
 @dataclass
 class ImageSweepConfig(RecipeChanges):
@@ -63,6 +70,36 @@ class ImageSweepConfig(RecipeChanges):
 
     def data_spec(self, samples: int | None) -> ImageDataSpec:
         return ImageDataSpec(self.data, self.data_dir, samples, self.test_samples, options=dict(self.data_options))
+
+
+def add_sweep_args(p: argparse.ArgumentParser, data_help: str) -> None:
+    """The flags of a sweep (`image-samples`, `spurious`); `data_help`: the --data help of the experiment."""
+    add_out(p, "report folder (runs in OUT/runs)")
+    p.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores instead of the GPU sweep")
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--data-dir", help="data folder (default: the data set's)")
+    p.add_argument("--models", nargs="+", metavar="PRESET", help="presets to compare, the dense one first, each "
+                   "optionally with overrides, e.g. wrn-tiny wrn-pmoe-tiny:l=2")
+    p.add_argument("--samples", type=positive_int, nargs="+", help="the N grid (training images)")
+    p.add_argument("--test-samples", type=positive_int, help="a class-balanced subset of the test split")
+    p.add_argument("--seeds", type=positive_int, help="seeds per point")
+    p.add_argument("--min-steps", type=int, help="optimizer steps per run at least: small N train more epochs "
+                   "(default: the preset's; 0: none)")
+    g = p.add_argument_group("training: every model's recipe (pmoe.train.recipes) with the experiment's settings; "
+                             "each flag changes one field")
+    g.add_argument("--epochs", type=positive_int, help="training epochs per run (at least)")
+    g.add_argument("--batch-size", type=positive_int)
+    g.add_argument("--lr", type=float, help="peak learning rate")
+    add_recipe_args(g)
+    p.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="runs trained at once, in worker processes (they share the GPU); default 1")
+
+
+def sweep_config(cfg: ImageSweepConfig, args: argparse.Namespace) -> ImageSweepConfig:
+    """`cfg` (a preset) with the fields that `add_sweep_args`' flags give."""
+    names = ("data_dir", "models", "samples", "test_samples", "seeds", "min_steps", "device")
+    return replace(cfg, **given(args, names), **recipe_changes(args))
 
 
 def parse_model(spec: str) -> tuple[str, dict]:
@@ -122,7 +159,8 @@ def build_for_sweep(cfg: ImageSweepConfig, spec: str, test: ImageDataset) -> tup
     return model, forward_flops(model, test[0][0][None].float())  # (1, C, H, W)
 
 
-def run_sweep(cfg: ImageSweepConfig, out_dir: str | Path, workers: int = 1, progress: bool = True) -> list[dict]:
+def run_sweep(cfg: ImageSweepConfig, out_dir: str | Path, workers: int | None = 1,
+              progress: bool = True) -> list[dict]:
     """Every (model, N, seed) run of `cfg` under out_dir/runs, `workers` at a time; their records, each with
     'train_flops'. Finished runs of other settings are refused before anything trains."""
     check(cfg.seeds >= 1 and len(cfg.samples) > 0 and len(cfg.models) > 0,

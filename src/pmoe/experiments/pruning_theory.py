@@ -17,10 +17,11 @@ label-irrelevant background, like the q's.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from pmoe.data import PatchDataset, make_dataset
+from pmoe.experiments.flags import add_out, add_workers, given, positive_int
 from pmoe.experiments.runner import parallel_map
 from pmoe.io import atomic_path, write_json, write_text
 from pmoe.metrics import discriminative_routing, evaluate
@@ -38,6 +40,10 @@ from pmoe.prune.scores import choose_kept, score_experts
 from pmoe.prune.surgery import prune_model
 from pmoe.reports import line_plot, markdown_table, mean_std
 from pmoe.train import TrainConfig, train
+
+NAME = "prune-theory"
+HELP = "expert pruning by router-norm change on the theory's synthetic data"
+COUNT = "seeds"
 
 
 @dataclass
@@ -70,6 +76,17 @@ class PruneTheoryConfig:
 
 QUICK = PruneTheoryConfig()
 FULL = PruneTheoryConfig(post_epochs=5, test_samples=2000, seeds=10)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_out(p)
+    p.add_argument("--quick", action="store_true", help="4 seeds, no post-pruning fine-tune (under a minute)")
+    p.add_argument("--seeds", type=positive_int, help="seeds (default: 10, quick: 4)")
+    add_workers(p, "seeds")
+
+
+def config(args: argparse.Namespace) -> PruneTheoryConfig:
+    return replace(QUICK if args.quick else FULL, **given(args, ("seeds",)))
 
 
 def _data(cfg: PruneTheoryConfig, split: str, samples: int, seed: int, active: list[int] | None) -> PatchDataset:

@@ -9,17 +9,23 @@ frozen).
 """
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from pmoe.errors import check
+from pmoe.experiments.flags import add_out, add_theory_args, add_workers, theory_changes
 from pmoe.experiments.runner import Job, run_jobs
 from pmoe.experiments.sample_complexity import parse_model
 from pmoe.io import write_json, write_text
 from pmoe.reports import line_plot, markdown_table, mean_std
 from pmoe.runs.theory import DataSpec
 from pmoe.train import TrainConfig
+
+NAME = "routing"
+HELP = "discriminative routing over training: routers' hit rate of the class patch"
+COUNT = "runs"
 
 
 @dataclass
@@ -100,3 +106,17 @@ def run_experiment(cfg: RoutingDynamicsConfig, out_dir: str | Path, workers: int
 
 def preset(quick: bool) -> RoutingDynamicsConfig:
     return replace(QUICK if quick else RoutingDynamicsConfig())
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_out(p)
+    p.add_argument("--quick", action="store_true", help="N=300, 2 seeds, 30 epochs (about a minute on 2 cores)")
+    add_theory_args(p, data="default: fashion-patches", samples={"help": "training samples N"},
+                    seeds="seeds per model", epochs="training epochs",
+                    models="pmoe, pmoe-separate, with overrides (pmoe:l=2)")
+    add_workers(p)
+
+
+def config(args: argparse.Namespace) -> RoutingDynamicsConfig:
+    cfg = preset(args.quick)
+    return replace(cfg, **theory_changes(args, cfg.data_options))

@@ -8,12 +8,14 @@ Two modes:
 """
 from __future__ import annotations
 
+import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from pmoe.errors import check
+from pmoe.experiments.flags import add_out, add_theory_args, add_workers, theory_changes
 from pmoe.experiments.runner import Job, run_jobs
 from pmoe.io import write_json, write_text
 from pmoe.models import THEORY_MODELS, TheoryConfig
@@ -21,6 +23,11 @@ from pmoe.options import parse_spec
 from pmoe.reports import line_plot, markdown_table, mean_std
 from pmoe.runs.theory import DataSpec
 from pmoe.train import TrainConfig
+
+NAME = "sample-complexity"
+HELP = "pMoE vs CNN: test accuracy against N, or samples needed vs n/l"
+COUNT = "runs"
+MODES = ("accuracy", "n-over-l")
 
 
 @dataclass
@@ -50,10 +57,26 @@ N_OVER_L_QUICK = SampleComplexityConfig(mode="n-over-l", data="synthetic", sampl
 
 
 def preset(mode: str, quick: bool) -> SampleComplexityConfig:
-    check(mode in ("accuracy", "n-over-l"), f"mode must be 'accuracy' or 'n-over-l', got {mode!r}")
+    check(mode in MODES, f"mode must be 'accuracy' or 'n-over-l', got {mode!r}")
     if mode == "accuracy":
         return SampleComplexityConfig(**asdict(QUICK if quick else PAPER))
     return SampleComplexityConfig(**asdict(N_OVER_L_QUICK if quick else N_OVER_L))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_out(p)
+    p.add_argument("--mode", choices=MODES, default="accuracy")
+    p.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores instead of the paper's sweep")
+    add_theory_args(p, data="accuracy mode's data set", samples={"nargs": "+", "help": "the N grid"},
+                    seeds="seeds per point", epochs="training epochs per run",
+                    models=f"models to compare: {', '.join(THEORY_MODELS)}, each optionally with config overrides, "
+                           "e.g. cnn:neurons=40 pmoe:l=2")
+    add_workers(p)
+
+
+def config(args: argparse.Namespace) -> SampleComplexityConfig:
+    cfg = preset(args.mode, args.quick)
+    return replace(cfg, **theory_changes(args, cfg.data_options))
 
 
 def parse_model(spec: str) -> tuple[str, dict]:

@@ -12,22 +12,28 @@ experiment re-run with the same flags resumes its runs.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from pmoe.errors import check
-from pmoe.experiments.image_sweep import ImageSweepConfig, group_runs, run_sweep, summarize
+from pmoe.experiments.image_sweep import (AUTHORS_LAYOUT, ImageSweepConfig, add_sweep_args, group_runs, run_sweep,
+                                         summarize, sweep_config)
 from pmoe.io import atomic_path, write_json, write_text
 from pmoe.reports import markdown_table, mean_std, plt
 
+NAME = "spurious"
+HELP = "dense WRN vs WRN-pMoE under a spurious correlation: worst-group accuracy"
+COUNT = "runs"
 DATASETS = ("fashion-spurious", "celeba-spurious")
 METRICS = ("test_accuracy", "worst_group_accuracy")  # average and worst-group test accuracy
 
 # Fashion: the tiny pair, both zero-padding 28x28 into 32x32 (the pMoE's 4x4 regions of 8x8 px: the stamp is in one);
 # 8 filters per expert, wrn-pmoe-tiny's width when REPRODUCTION §5 was measured (the preset has 16 since).
-FASHION = ImageSweepConfig(data="fashion-spurious", models=["wrn-tiny", "wrn-pmoe-tiny:expert_channels=8"],
+FASHION = ImageSweepConfig(data="fashion-spurious",
+                           models=["wrn-tiny", f"wrn-pmoe-tiny:expert_channels=8,{AUTHORS_LAYOUT}"],
                            model_options={"input_size": 28}, samples=[1000, 2000, 4000, 8000, 12000], seeds=5,
                            epochs=50, augment=False)
 FASHION_QUICK = replace(FASHION, models=["wrn-tiny", "wrn-pmoe-tiny"], samples=[800], test_samples=500, seeds=2,
@@ -44,6 +50,14 @@ def preset(data: str | None, quick: bool) -> ImageSweepConfig:
     check(data in DATASETS, f"spurious data must be one of {DATASETS}, got {data!r}")
     base = {(False, False): FASHION, (False, True): FASHION_QUICK, (True, False): CELEBA, (True, True): CELEBA_QUICK}
     return replace(base[data == "celeba-spurious", quick])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_sweep_args(p, f"one of {', '.join(DATASETS)} (default: {DATASETS[0]})")
+
+
+def config(args: argparse.Namespace) -> ImageSweepConfig:
+    return sweep_config(preset(args.data, args.quick), args)
 
 
 def group_means(results: list[dict]) -> dict[tuple[str, int], dict[str, float]]:
@@ -94,7 +108,8 @@ def report(cfg: ImageSweepConfig, results: list[dict], stats: dict, groups: dict
                    + markdown_table(["N", "model"] + [f"y={int(g) // 2}, z={int(g) % 2}" for g in names], rows))
 
 
-def run_experiment(cfg: ImageSweepConfig, out_dir: str | Path, workers: int = 1, progress: bool = True) -> dict:
+def run_experiment(cfg: ImageSweepConfig, out_dir: str | Path, workers: int | None = 1,
+                   progress: bool = True) -> dict:
     """Train every model, N and seed into out_dir/runs (`workers` at a time); write results.json, accuracy.png and
     results.md there."""
     out, start = Path(out_dir), time.perf_counter()

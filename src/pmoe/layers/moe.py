@@ -2,7 +2,7 @@
 
 `PatchMoE` is pMoE's layer (per-sample expert choice, every expert takes l patches of every sample);
 `TokenMoE` is V-MoE's (every token takes its top-K experts, capacity per expert, batch-prioritized routing).
-Both return `MoEOutput`; expert weights keep a leading expert axis (see `pmoe.layers.experts`).
+Both implement `RoutedLayer` (`pmoe.layers.base`); expert weights keep a leading expert axis (`pmoe.layers.experts`).
 
 Expert pruning in `zero` mode (`pmoe.prune.surgery`) leaves the router's k rows and slices the bank to the k' kept
 experts; the buffer `kept` (k',) then holds their ids. Routing runs over all k experts as before, and only the kept
@@ -10,24 +10,13 @@ ones compute: what the others were sent is lost (V-MoE's pruned experts contribu
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor, nn
 
 from pmoe.errors import check
+from pmoe.layers.base import RoutedLayer, check_tokens
 from pmoe.layers.experts import MlpExperts
-from pmoe.routing import GateMode, PatchRouting, TokenRouting, expert_choice, token_choice
-
-
-class MoEOutput(NamedTuple):
-    output: Tensor  # (B, n, d_out)
-    routing: PatchRouting | TokenRouting
-    aux_loss: Tensor  # () weighted auxiliary loss to add to the task loss (0 for patch routing)
-
-
-def _check_input(x: Tensor, d: int) -> None:
-    check(x.dim() == 3 and x.shape[-1] == d, f"MoE input must be (B, n, d={d}), got shape {tuple(x.shape)}")
+from pmoe.layers.routing import GateMode, PatchRouting, TokenRouting, expert_choice, token_choice
 
 
 def _dispatch_dtype(x: Tensor) -> Tensor:
@@ -37,13 +26,15 @@ def _dispatch_dtype(x: Tensor) -> Tensor:
     return x
 
 
-class PatchMoE(nn.Module):
+class PatchMoE(RoutedLayer):
     """pMoE layer: expert s processes only the l patches of each sample it chose; the rest of its work is skipped.
 
     Args:
         experts: a bank mapping (k, M, d) -> (k, M, d_out).
-        l: patches per expert per sample.
-        gate: `softmax_selected` | `softmax_all` | `hard` (see `pmoe.routing.expert_choice`).
+        l: patches per expert per sample; or None with `num_selected`.
+        num_selected: K instead of a fixed l: every expert takes l = ceil(n*K/k) of the n patches of each sample,
+            so a patch gets K experts on average (ViT-MoE's patch router); computed per call from n and k.
+        gate: `softmax_selected` | `softmax_all` | `hard` (see `pmoe.layers.routing.expert_choice`).
         combine: `sum` adds the gated expert outputs of a patch (standard MoE, output (B, n, d_out));
             `concat` puts expert s's output in channel block s (WRN-pMoE, output (B, n, k*d_out)).
         router_std: std of the router's normal init.
@@ -53,30 +44,36 @@ class PatchMoE(nn.Module):
             are tiny (the theory's m=5 neurons on CPU: one well-shaped GEMM that reads each patch once).
     """
 
-    def __init__(self, experts: nn.Module, l: int, gate: GateMode = "softmax_selected", combine: str = "sum",
-                 router_std: float = 0.02, dispatch: str = "gather") -> None:
-        super().__init__()
+    def __init__(self, experts: nn.Module, l: int | None = None, gate: GateMode = "softmax_selected",
+                 combine: str = "sum", router_std: float = 0.02, dispatch: str = "gather", *,
+                 num_selected: int | None = None) -> None:
         check(combine in ("sum", "concat"), f"combine must be 'sum' or 'concat', got {combine!r}")
         check(dispatch in ("gather", "dense"), f"dispatch must be 'gather' or 'dense', got {dispatch!r}")
         check(dispatch == "gather" or isinstance(experts, MlpExperts),
               f"dispatch='dense' needs MlpExperts (shared rows), got {type(experts).__name__}")
-        self.dispatch = dispatch
-        check(l >= 1, f"l (patches per expert) must be >= 1, got {l}")
-        self.experts, self.l, self.gate, self.combine = experts, l, gate, combine
-        self.num_experts, self.in_features = experts.num_experts, experts.in_features
-        self.router = nn.Linear(self.in_features, self.num_experts, bias=False)  # weight[s] = w_s
-        nn.init.normal_(self.router.weight, std=router_std)
-        self.register_buffer("kept", None, persistent=False)  # (k',) experts left by zero-mode pruning; None: all
+        check((l is None) != (num_selected is None),
+              f"give one of l (patches per expert) and num_selected (experts per patch), got l={l}, "
+              f"num_selected={num_selected}")
+        check(l is None or l >= 1, f"l (patches per expert) must be >= 1, got {l}")
+        k = experts.num_experts
+        check(num_selected is None or 1 <= num_selected <= k, f"num_selected must be in 1..{k}, got {num_selected}")
+        super().__init__(experts, router_std)
+        self.l, self.num_selected, self.gate, self.combine, self.dispatch = l, num_selected, gate, combine, dispatch
+
+    def patches_per_expert(self, n: int) -> int:
+        """l for samples of n patches: the fixed l, or ceil(n*K/k) (at most n)."""
+        if self.num_selected is None:
+            return self.l
+        return min(n, (n * self.num_selected + self.num_experts - 1) // self.num_experts)
 
     def route(self, x: Tensor) -> PatchRouting:
         """x: (B, n, d) -> each expert's top-l patches per sample."""
-        _check_input(x, self.in_features)
-        return expert_choice(self.router(x), self.l, self.gate)
+        check_tokens(x, self.in_features)
+        return expert_choice(self.router(x), self.patches_per_expert(x.shape[1]), self.gate)
 
-    def forward(self, x: Tensor, routing: PatchRouting | None = None) -> MoEOutput:
-        """x: (B, n, d) -> MoEOutput with output (B, n, d_out) [or (B, n, k*d_out) for concat]."""
-        r = self.route(x) if routing is None else routing
-        index, gates = r.index, r.gates  # (B, k, l)
+    def compute(self, x: Tensor, routing: PatchRouting) -> Tensor:
+        """x: (B, n, d) -> (B, n, d_out) [or (B, n, k*d_out) for concat]."""
+        index, gates = routing.index, routing.gates  # (B, k, l)
         if self.kept is not None:  # zero-mode pruning: only the kept experts compute
             index, gates = index[:, self.kept], gates[:, self.kept]  # (B, k', l)
         B, n, d = x.shape
@@ -99,10 +96,10 @@ class PatchMoE(nn.Module):
             rows = (flat * K + block.view(k, 1, 1)).reshape(-1)  # (k*B*l,) of (B*n*K)
             out = ye.new_zeros(B * n * K, d_out).index_add_(0, rows, ye.reshape(k * B * l, d_out))
             out = out.view(B, n, K * d_out)
-        return MoEOutput(out, r, x.new_zeros(()))
+        return out
 
 
-class TokenMoE(nn.Module):
+class TokenMoE(RoutedLayer):
     """V-MoE layer: top-K experts per token, at most `capacity` tokens per expert and group, BPR.
 
     Tokens are routed in groups of `group_size` (default: the n tokens of one sample). Dropped choices
@@ -113,21 +110,18 @@ class TokenMoE(nn.Module):
                  eval_capacity_factor: float = 1.5, batch_priority: bool = True, noise_std: float | None = None,
                  group_size: int | None = None, importance_weight: float = 0.005, load_weight: float = 0.005,
                  router_std: float = 0.02) -> None:
-        super().__init__()
-        self.experts, self.num_selected = experts, num_selected
-        self.num_experts, self.in_features = experts.num_experts, experts.in_features
-        check(1 <= num_selected <= self.num_experts, f"num_selected must be in 1..{self.num_experts}, got {num_selected}")
+        k = experts.num_experts
+        check(1 <= num_selected <= k, f"num_selected must be in 1..{k}, got {num_selected}")
+        super().__init__(experts, router_std)
+        self.num_selected = num_selected
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
         self.batch_priority, self.group_size = batch_priority, group_size
-        self.noise_std = 1.0 / self.num_experts if noise_std is None else noise_std
+        self.noise_std = 1.0 / k if noise_std is None else noise_std
         self.importance_weight, self.load_weight = importance_weight, load_weight
-        self.router = nn.Linear(self.in_features, self.num_experts, bias=False)
-        nn.init.normal_(self.router.weight, std=router_std)
-        self.register_buffer("kept", None, persistent=False)  # (k',) experts left by zero-mode pruning; None: all
 
     def route(self, x: Tensor) -> TokenRouting:
         """x: (B, n, d) -> routing of G = B*n/group_size groups."""
-        _check_input(x, self.in_features)
+        check_tokens(x, self.in_features)
         B, n, d = x.shape
         T = self.group_size or n
         check((B * n) % T == 0, f"group_size={T} must divide the B*n={B * n} tokens")
@@ -136,9 +130,13 @@ class TokenMoE(nn.Module):
         noise = self.noise_std if self.training else 0.0
         return token_choice(logits, self.num_selected, c, self.batch_priority, noise)
 
-    def forward(self, x: Tensor, routing: TokenRouting | None = None) -> MoEOutput:
-        r = self.route(x) if routing is None else routing
-        B, n, d = x.shape
+    def aux_loss(self, routing: TokenRouting) -> Tensor:
+        """() w_imp * importance loss + w_load * load loss."""
+        return self.importance_weight * routing.importance_loss + self.load_weight * routing.load_loss
+
+    def compute(self, x: Tensor, routing: TokenRouting) -> Tensor:
+        """x: (B, n, d) -> (B, n, d_out): each token's kept choices, gated and summed."""
+        r, (B, n, d) = routing, x.shape
         G, T, K = r.expert.shape
         expert, dropped, gates = r.expert, r.dropped, r.gates  # (G, T, K)
         if self.kept is not None:  # zero-mode pruning: choices of removed experts are dropped, the rest renumbered
@@ -159,6 +157,4 @@ class TokenMoE(nn.Module):
         ye = self.experts(xe).reshape(k * G * C, -1)  # (k*G*C, d_out)
         # Dropped choices read any row (0): their gate is 0, so they add nothing.
         picked = ye.index_select(0, row.clamp(max=k * G * C - 1)).view(G * T, K, -1)  # (G*T, K, d_out)
-        out = (picked * gates.reshape(G * T, K, 1).to(picked.dtype)).sum(dim=1).view(B, n, -1)
-        aux = self.importance_weight * r.importance_loss + self.load_weight * r.load_loss
-        return MoEOutput(out, r, aux)
+        return (picked * gates.reshape(G * T, K, 1).to(picked.dtype)).sum(dim=1).view(B, n, -1)

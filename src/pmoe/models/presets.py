@@ -5,7 +5,10 @@ WRN and WRN-pMoE, as the pMoE authors' code (WRN-10-10: 160/320/640 channels):
   wrn-celeba, wrn-pmoe-celeba  64x64, 4 classes (smiling x eyeglasses); pMoE: 8 experts of 3x3 conv, 80 filters,
                                n=16 regions of 4x4 of the 16x16 map, l=2
   wrn-tiny, wrn-pmoe-tiny      tests: widen 1 (16/32/64), 32x32; pMoE: 4 experts of 3x3 conv, 16 filters, n=16 regions
-                               of 2x2, l=4 (k x filters = 64, the dense last width, as in the paper's presets)
+                               of 2x2, l=4 (k x filters = 64, the dense last width, as in the paper's presets); the
+                               paper's gate (softmax over the l chosen scores) on the experts' normalised activations
+                               (`gate_activations`: with the authors' gate before the BN its routers all take the same
+                               non-discriminative regions and it learns half as well as wrn-tiny in a first run)
 ViT (timm sizes) and ViT-MoE (V-MoE layout: MoE in blocks 1, 3, 5, ...; token router):
   vit-tiny, vit-moe-tiny       tests: 32x32, patch 4, dim 64, depth 4, 4 heads, mlp 128; MoE: 4 experts, K=2
   vit-s, vit-moe-s             224x224, patch 16, dim 384, depth 12, 6 heads, mlp 1536; MoE: 8 experts, K=2
@@ -24,11 +27,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from torch import nn
-
 from pmoe.errors import check
 from pmoe.fields import check_fields
-from pmoe.models import ARCHS
+from pmoe.models.archs import ARCHS
+from pmoe.models.base import MoEModel
 from pmoe.models.e3moe import E3Config
 from pmoe.models.vit import ViTConfig, every_other
 from pmoe.models.wrn import WRNConfig
@@ -49,7 +51,8 @@ PRESETS: dict[str, partial] = {
     "wrn-celeba": partial(WRNConfig, **_WRN_CELEBA),
     "wrn-pmoe-celeba": partial(WRNConfig, **_WRN_CELEBA, experts=8, expert_channels=80, expert_kernel=3, region=4, l=2),
     "wrn-tiny": partial(WRNConfig, **_WRN_TINY),
-    "wrn-pmoe-tiny": partial(WRNConfig, **_WRN_TINY, experts=4, expert_channels=16, expert_kernel=3, region=2, l=4),
+    "wrn-pmoe-tiny": partial(WRNConfig, **_WRN_TINY, experts=4, expert_channels=16, expert_kernel=3, region=2, l=4,
+                             gate="softmax_selected", gate_activations=True),
     "vit-tiny": partial(ViTConfig, **_VIT_TINY),
     "vit-moe-tiny": partial(ViTConfig, **_VIT_TINY, **_MOE_TINY),
     "vit-s": partial(ViTConfig, **_VIT_S),
@@ -70,7 +73,7 @@ def preset(name: str, **overrides) -> tuple[str, VisionConfig]:
     return next(arch for arch, (cls, _) in ARCHS.items() if type(cfg) is cls), cfg
 
 
-def build_preset(name: str, **overrides) -> nn.Module:
+def build_preset(name: str, **overrides) -> MoEModel:
     """The model of preset `name` with `overrides` applied."""
     arch, cfg = preset(name, **overrides)
     return ARCHS[arch][1](cfg)

@@ -7,6 +7,7 @@ Output weights a are fixed; hidden neurons and routers train. All models map (B,
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -14,8 +15,9 @@ from torch import Tensor, nn
 
 from pmoe.errors import check
 from pmoe.fields import typed
-from pmoe.layers import PatchMoE, relu_neurons
-from pmoe.routing import GATE_MODES
+from pmoe.layers import GATE_MODES, PatchMoE, relu_neurons
+from pmoe.models.base import CellGrid, MoEModel
+from pmoe.models.images import patchify
 
 THEORY_MODELS = ("cnn", "pmoe", "pmoe-separate")
 
@@ -83,8 +85,10 @@ def _output_weights(cfg: TheoryConfig, generator: torch.Generator) -> Tensor:
     return torch.randn(cfg.experts, cfg.neurons, generator=generator)
 
 
-class TwoLayerCNN(nn.Module):
+class TwoLayerCNN(MoEModel):
     """f_C(x) = sum_r (a_r / n) sum_j ReLU(<w_r, x_j>): one filter bank shared by all n patches."""
+
+    routers_first = False  # no routers: one training stage (see MixtureOfCNNs.routers_first)
 
     def __init__(self, cfg: TheoryConfig) -> None:
         super().__init__()
@@ -100,12 +104,8 @@ class TwoLayerCNN(nn.Module):
               f"input must be (B, n, d={self.config.d}), got shape {tuple(x.shape)}")
         return torch.relu(x @ self.w).mean(dim=1) @ self.a  # (B, n, m) -> (B, m) -> (B,)
 
-    def moe_layers(self) -> list[PatchMoE]:
-        """No routed layer (the MoE protocol of `pmoe.models.vit`)."""
-        return []
 
-
-class MixtureOfCNNs(nn.Module):
+class MixtureOfCNNs(MoEModel):
     """f_M(x): k experts of m ReLU neurons, each on the l patches of x its router picks."""
 
     def __init__(self, cfg: TheoryConfig) -> None:
@@ -124,9 +124,10 @@ class MixtureOfCNNs(nn.Module):
     def router(self) -> nn.Linear:
         return self.moe.router
 
-    def moe_layers(self) -> list[PatchMoE]:
-        """The routed layers (the MoE protocol of `pmoe.models.vit`): `[self.moe]`."""
-        return [self.moe]
+    @property
+    def routers_first(self) -> bool:
+        """Separate training (`pmoe-separate`): the routers train first, as the linear model `router_logit`."""
+        return self.config.model == "pmoe-separate"
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, n, d) -> (B,) logits."""
@@ -137,7 +138,20 @@ class MixtureOfCNNs(nn.Module):
         w = self.router.weight  # (2, d)
         return x.sum(dim=1) @ (w[0] - w[1])
 
+    def cell_grid(self, images: Tensor) -> CellGrid:
+        """Canvases (B, 1, H, W) of n square patches of side sqrt(d): a cell is a patch."""
+        cfg = self.config
+        p, (H, W) = math.isqrt(cfg.d), images.shape[-2:] if images.dim() == 4 else (0, 0)
+        check(images.dim() == 4 and images.shape[1] == 1 and p * p == cfg.d and H % p == 0 and W % p == 0
+              and (H // p) * (W // p) == cfg.n, f"a theory model of n={cfg.n} patches of d={cfg.d} takes canvases "
+              f"(B, 1, H, W) of n square patches, got shape {tuple(images.shape)}")
+        return CellGrid(H // p, W // p, p, 0)
 
-def build_theory_model(cfg: TheoryConfig) -> nn.Module:
+    def image_inputs(self, images: Tensor) -> Tensor:
+        """Canvases (B, 1, H, W) -> their n patches (B, n, d), row-major."""
+        return patchify(images, math.isqrt(self.config.d))
+
+
+def build_theory_model(cfg: TheoryConfig) -> MoEModel:
     """The model a `TheoryConfig` describes (each constructor validates it)."""
     return TwoLayerCNN(cfg) if cfg.model == "cnn" else MixtureOfCNNs(cfg)

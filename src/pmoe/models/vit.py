@@ -6,11 +6,7 @@ every other block, 1, 3, 5, ...) is `MoEMlp`: k experts of the full MLP width wi
 batch-prioritized routing, noise 1/k while training, importance and load losses 0.005 each) or a `patch` router
 (pMoE per-image expert choice, l = ceil(n*K/k) tokens per expert).
 
-MoE protocol of the vision models (WRN, ViT, E3; and the theory models), used by expert pruning:
-* `model.moe_layers()` -> the routed layers in depth order (`PatchMoE`, `TokenMoE` or `EnsembleTokenMoE`); each has
-  `.router`, an `nn.Linear(d, k, bias=False)` whose weight [k, d] holds expert s's router vector in row s, and
-  `.experts`, a bank whose weights carry a leading expert axis k.
-* `model.aux_loss()` -> () sum of the routed layers' auxiliary losses of the last forward; add it to the task loss.
+The MoE contract of the models (`moe_layers`, `aux_loss`, ...) is `pmoe.models.base.MoEModel`.
 """
 from __future__ import annotations
 
@@ -23,10 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pmoe.errors import check
-from pmoe.layers.ffn import MoEMlp
-from pmoe.layers.moe import PatchMoE, TokenMoE
-from pmoe.models.images import check_sizes, fit_images
-from pmoe.routing import GATE_MODES
+from pmoe.layers import GATE_MODES, MoEMlp
+from pmoe.models.base import CellGrid, MoEModel
+from pmoe.models.images import check_sizes, fit_images, padding
 
 
 @dataclass
@@ -128,7 +123,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class ViT(nn.Module):
+class ViT(MoEModel):
     """ViT / ViT-MoE.  images (B, C, s, s) -> logits (B, num_classes)."""
 
     def __init__(self, cfg: ViTConfig) -> None:
@@ -150,7 +145,8 @@ class ViT(nn.Module):
         """The FFN class of the MoE blocks, configured."""
         c = self.config
         return partial(MoEMlp, num_experts=c.experts, router=c.router, num_selected=c.num_selected, gate=c.gate,
-                       capacity_factor=c.capacity_factor, eval_capacity_factor=c.eval_capacity_factor)
+                       capacity_factor=c.capacity_factor, eval_capacity_factor=c.eval_capacity_factor,
+                       ensemble_size=self.ensemble_size)
 
     def embed(self, images: Tensor) -> Tensor:
         """images (B, C, s, s) -> tokens (B, n, d), cls first."""
@@ -167,14 +163,14 @@ class ViT(nn.Module):
         return self.head(self.forward_features(images))  # (B, num_classes)
 
     def moe_ffns(self) -> list[MoEMlp]:
+        """The MoE FFNs of the blocks, in depth order."""
         return [blk.mlp for blk in self.blocks if isinstance(blk.mlp, MoEMlp)]
 
-    def moe_layers(self) -> list[PatchMoE | TokenMoE]:
-        return [ffn.moe for ffn in self.moe_ffns()]
-
-    def aux_loss(self) -> Tensor:
-        """() sum of the MoE FFNs' auxiliary losses of the last forward (0 before any, or without MoE)."""
-        return sum((f.aux_loss for f in self.moe_ffns() if f.aux_loss is not None), self.head.weight.new_zeros(()))
+    def cell_grid(self, images: Tensor) -> CellGrid:
+        """ViT patches of patch_size px; the cls token (first) has no cell."""
+        c = self.config
+        g = c.image_size // c.patch_size
+        return CellGrid(g, g, c.patch_size, -padding(c.image_size, images.shape[-1]), skip=1)
 
 
 def _init_linear(m: nn.Module) -> None:

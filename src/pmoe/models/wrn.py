@@ -13,19 +13,28 @@ Where we differ from the authors' code, on purpose (DESIGN §1): there every exp
 its *input* multiplied by the gate mask; here expert s runs on its l regions only (each zero-padded at its border for
 3x3 kernels), its *output* multiplied by the gate (`PatchMoE`), and regions it did not pick stay 0.
 
-MoE protocol (pruning): `moe_layers()` lists the routed layers; each has `.router.weight` [k, d] (row s = expert s).
+`gate_activations=True` (wrn-pmoe-tiny) moves the gate past the normalisation, as in the paper's model
+f_M = sum_s sum_r a_{r,s}/l sum_{j in J_s} G_{j,s} ReLU(<w_{r,s}, x_j>): the experts' outputs, ungated, go through the
+concat BN -> ReLU, and the head reads sum_{j in J_s} G_{j,s} (mean over region j of expert s's activations), the gates
+normalised to sum 1 over the l regions (`softmax_selected`; `hard`: 1/l each). The pooled features are then linear in
+the gates. In the authors' layout a BN follows the gate directly and divides out its scale, so the routers learn only
+through the batch statistics; in the tiny model that signal drives all routers onto the same non-discriminative
+regions (REPRODUCTION §4, "A user's first run").
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pmoe.errors import check
-from pmoe.layers import ConvExperts, PatchMoE
-from pmoe.models.images import check_sizes, fit_images
-from pmoe.routing import GATE_MODES, PatchRouting
+from pmoe.layers import GATE_MODES, ConvExperts, PatchMoE
+from pmoe.models.base import CellGrid, MoEModel
+from pmoe.models.images import check_sizes, fit_images, padding, patchify, unpatchify
+
+STRIDE = 4  # input pixels per cell of the last map (two stride-2 stages)
 
 
 @dataclass
@@ -43,6 +52,7 @@ class WRNConfig:
     l: int = 16  # regions per expert per sample
     gate: str = "softmax_all"  # the authors' gate: softmax over all n scores, top l kept unnormalised
     router_std: float = 1e-4  # the authors' router init N(0, 1e-4^2)
+    gate_activations: bool = False  # gate the experts' BN -> ReLU activations, not their conv outputs (module doc)
 
     @property
     def map_size(self) -> int:
@@ -69,20 +79,10 @@ def validate(cfg: WRNConfig) -> None:
               f"image; pick another region, or a larger image_size with input_size for zero-padding")
         check(1 <= cfg.l <= cfg.regions, f"l (regions per expert) must be in 1..n={cfg.regions}, got {cfg.l}")
         check(cfg.gate in GATE_MODES, f"gate must be one of {GATE_MODES}, got {cfg.gate!r}")
-
-
-def patchify(x: Tensor, p: int) -> Tensor:
-    """(B, C, H, W) -> (B, n, C*p*p): the n non-overlapping p x p regions, row-major, each flattened channel-first."""
-    B, C, H, W = x.shape
-    x = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, H/p, W/p, C, p, p)
-    return x.reshape(B, (H // p) * (W // p), C * p * p)
-
-
-def unpatchify(x: Tensor, p: int, rows: int) -> Tensor:
-    """(B, n, C*p*p) -> (B, C, rows*p, (n/rows)*p): the inverse of `patchify`."""
-    B, n, D = x.shape
-    x = x.reshape(B, rows, n // rows, D // (p * p), p, p).permute(0, 3, 1, 4, 2, 5)  # (B, C, rows, p, cols, p)
-    return x.reshape(B, D // (p * p), rows * p, (n // rows) * p)
+        check(not (cfg.gate_activations and cfg.gate == "softmax_all"),
+              "gate_activations weighs each expert's regions by gates normalised over them (softmax_all renormalised "
+              "is softmax_selected): use gate=softmax_selected or hard, or gate_activations=false for the authors' "
+              "layout with softmax_all")
 
 
 def preact_conv(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
@@ -107,7 +107,7 @@ def group(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
     return nn.Sequential(*(Block(cout if i else cin, cout, 1 if i else stride, project=i == 0) for i in range(blocks)))
 
 
-class WideResNet(nn.Module):
+class WideResNet(MoEModel):
     """WRN (`experts == 0`) or WRN-pMoE.  images (B, C, s, s) -> logits (B, num_classes)."""
 
     def __init__(self, cfg: WRNConfig) -> None:
@@ -129,21 +129,41 @@ class WideResNet(nn.Module):
             width = w[2]
         self.norm = nn.BatchNorm2d(width)
         self.head = nn.Linear(width, cfg.num_classes)
-        self.last_routing: PatchRouting | None = None
 
     def forward(self, images: Tensor) -> Tensor:
         cfg = self.config
         x = self.features(fit_images(images, cfg.in_channels, cfg.image_size, cfg.input_size))  # (B, C, S, S)
+        if self.moe is not None and cfg.gate_activations:
+            return self.head(self._gated_activations(x))  # (B, k*O) -> (B, num_classes)
         if self.moe is not None:
             rows = x.shape[2] // cfg.region
-            out = self.moe(patchify(x, cfg.region))  # (B, n, k*O*p*p): expert s fills channel block s
-            self.last_routing = out.routing
-            x = unpatchify(out.output, cfg.region, rows)  # (B, k*O, S, S)
+            out = self.moe(patchify(x, cfg.region)).output  # (B, n, k*O*p*p): expert s fills channel block s
+            x = unpatchify(out, cfg.region, rows)  # (B, k*O, S, S)
         return self.head(F.relu(self.norm(x)).mean(dim=(2, 3)))  # (B, width) -> (B, num_classes)
 
-    def moe_layers(self) -> list[PatchMoE]:
-        return [] if self.moe is None else [self.moe]
+    def _gated_activations(self, x: Tensor) -> Tensor:
+        """Last map (B, C, S, S) -> (B, K*O) pooled features: block s = sum over the regions j expert s took of
+        G_{j,s} / sum_j G_{j,s} x (mean over region j of ReLU(BN(expert s's conv output))).
 
-    def aux_loss(self) -> Tensor:
-        """Patch routing has no auxiliary loss: 0 (for a uniform training loop)."""
-        return self.head.weight.new_zeros(())
+        The routed layer runs its experts ungated (gates 1); its `last_routing` is set to the routing with the gates
+        applied here. A zero-mode-pruned expert's block is ReLU(BN(0)), as in the authors' layout."""
+        p, moe = self.config.region, self.moe
+        regions = patchify(x, p)  # (B, n, C*p*p)
+        r = moe.route(regions)  # index, gates (B, K, l)
+        out = moe(regions, replace(r, gates=torch.ones_like(r.gates))).output  # (B, n, K*O*p*p), ungated
+        moe.last_routing = r
+        act = patchify(F.relu(self.norm(unpatchify(out, p, x.shape[2] // p))), p)  # (B, n, K*O*p*p)
+        B, n, K = *regions.shape[:2], moe.num_experts
+        weights = r.gates / r.gates.sum(-1, keepdim=True)  # (B, K, l)
+        gate = weights.new_zeros(B, K, n).scatter_(2, r.index, weights).transpose(1, 2)  # (B, n, K): 0 if not taken
+        act = act.view(B, n, K, -1) * gate.unsqueeze(-1).to(act.dtype)  # (B, n, K, O*p*p)
+        return act.sum(1).view(B, K, -1, p * p).mean(-1).reshape(B, -1)
+
+    def concat_head(self) -> tuple[nn.BatchNorm2d, nn.Linear]:
+        return self.norm, self.head
+
+    def cell_grid(self, images: Tensor) -> CellGrid:
+        """Regions of p x p cells of the last map, STRIDE px per map cell: 4p px (receptive fields reach further)."""
+        c = self.config
+        rows = c.map_size // c.region
+        return CellGrid(rows, rows, STRIDE * c.region, -padding(c.image_size, images.shape[-1]))

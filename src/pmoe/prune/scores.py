@@ -11,13 +11,14 @@ from typing import Iterable, Sequence
 from torch import Tensor, nn
 
 from pmoe.errors import check
+from pmoe.layers import RoutedLayer
+from pmoe.models import MoEModel
 from pmoe.prune.criteria import KeepSpec, select_kept
-from pmoe.prune.registry import METHODS, criterion, router_scorer
+from pmoe.prune.registry import criterion, router_scorer
 from pmoe.prune.usage import layer_usage
 
 
-def _layers(model: nn.Module, what: str) -> list[nn.Module]:
-    check(hasattr(model, "moe_layers"), f"the {what} model ({type(model).__name__}) has no moe_layers()")
+def _layers(model: MoEModel, what: str) -> list[RoutedLayer]:
     layers = model.moe_layers()
     check(len(layers) > 0, f"the {what} model ({type(model).__name__}) has no MoE layer to prune")
     for i, layer in enumerate(layers):
@@ -47,7 +48,7 @@ def score_experts(method: str, finetuned: nn.Module, pretrained: nn.Module | Non
     """Per MoE layer of `finetuned.moe_layers()`, a (k,) score per expert; larger = more worth keeping.
 
     Args:
-        method: one of METHODS: `router-norm-change` (Δ_s = ‖w_s^(T)‖ − ‖w_s^(0)‖, the paper's),
+        method: one of `pmoe.prune.registry.METHODS`: `router-norm-change` (Δ_s = ‖w_s^(T)‖ − ‖w_s^(0)‖, the paper's),
             `router-norm-change-abs` (|Δ_s|), `router-delta-norm` (‖w_s^(T) − w_s^(0)‖), `router-norm` (‖w_s^(T)‖),
             `random` (seeded), `frequency`, `gate-mass`, `saliency` (see `pmoe.prune.usage`).
         pretrained: the model `finetuned` was fine-tuned from (the first three methods need it).
@@ -68,7 +69,7 @@ def score_experts(method: str, finetuned: nn.Module, pretrained: nn.Module | Non
     return [score(b.router.weight.detach(), f.router.weight.detach()) for b, f in zip(bases, layers)]
 
 
-def choose_kept(scores: Sequence[Tensor], layers: Sequence[nn.Module], keep: int | None = None,
+def choose_kept(scores: Sequence[Tensor], layers: Sequence[RoutedLayer], keep: int | None = None,
                 ratio: float | None = None) -> list[list[int]]:
     """Per layer, the ascending ids of the experts with the largest scores: `keep` of them, or `k − round(ratio·k)`.
 
@@ -77,7 +78,7 @@ def choose_kept(scores: Sequence[Tensor], layers: Sequence[nn.Module], keep: int
     """
     spec, out = KeepSpec(keep, ratio), []
     for i, (s, layer) in enumerate(zip(scores, layers)):
-        M = getattr(layer, "ensemble_size", 1)
+        M = layer.groups
         e = len(s) // M
         n = spec.count(len(s), M, f"MoE layer {i}")
         out.append([m * e + j for m in range(M) for j in select_kept(s[m * e:(m + 1) * e], n)])

@@ -5,7 +5,7 @@
   contributes zero; gates are not renormalised, capacities unchanged). The layer's `kept` buffer maps the two.
 * `truncate`: the router rows of the removed experts go too, so the layer is a k'-expert layer routing over the
   kept experts only (token routing: top-K and capacity ceil(T·K·c/k') over them; ViT's patch routing: each expert
-  takes l = ceil(n·K/k') patches, as `MoEMlp` sets for k' experts). In WRN-pMoE the channels the
+  takes l = ceil(n·K/k') patches, as `PatchMoE` computes for k' experts). In WRN-pMoE the channels the
   removed experts filled go from the BN and the head as well, their constant contribution folded into the head's
   bias (exact in eval mode). Per-sample expert choice is the same per expert either way.
 
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pmoe.errors import check
-from pmoe.layers.moe import PatchMoE, TokenMoE
+from pmoe.layers import PatchMoE, RoutedLayer, TokenMoE
 
 MODES = ("zero", "truncate")
 
@@ -55,14 +55,9 @@ def slice_bank(bank: nn.Module, kept: Tensor) -> None:
     bank.num_experts = len(kept)
 
 
-def _groups(layer: nn.Module) -> int:
-    """Expert groups a layer routes within (E³: its ensemble size M), 1 for any other layer."""
-    return getattr(layer, "ensemble_size", 1)
-
-
-def check_kept(layer: nn.Module, kept: Sequence[int], mode: str, where: str) -> None:
+def check_kept(layer: RoutedLayer, kept: Sequence[int], mode: str, where: str) -> None:
     """PmoeError unless `kept` is a valid choice of experts to keep in `layer` under `mode`."""
-    k, M = layer.num_experts, _groups(layer)
+    k, M = layer.num_experts, layer.groups
     check(layer.kept is None and layer.experts.num_experts == k, f"{where} is pruned already; prune the unpruned model")
     check(list(kept) == sorted(set(kept)) and all(0 <= s < k for s in kept),
           f"{where}: kept experts {list(kept)} must be distinct ascending ids in 0..{k - 1}")
@@ -88,10 +83,9 @@ def prune_layer(layer: PatchMoE | TokenMoE, kept: Sequence[int], mode: str) -> N
 
 
 @torch.no_grad()
-def _truncate_concat_head(model: nn.Module, kept: Sequence[int], k: int) -> None:
+def _truncate_concat_head(norm: nn.BatchNorm2d, head: nn.Linear, kept: Sequence[int], k: int) -> None:
     """WRN-pMoE: drop the channel blocks of removed experts from BN and head; their eval-mode constant
     ReLU(BN(0)), pooled, goes into the head's bias."""
-    norm, head = model.norm, model.head
     gone = torch.tensor([s for s in range(k) if s not in kept], device=head.weight.device)
     kept = torch.tensor(list(kept), device=head.weight.device)
     zero_in = F.relu(norm.bias - norm.running_mean * norm.weight / (norm.running_var + norm.eps).sqrt())  # (k*O,)
@@ -119,10 +113,8 @@ def prune_model(model: nn.Module, kept: Sequence[Sequence[int]], mode: str = "ze
     for layer, ids in zip(model.moe_layers(), kept):
         k = layer.num_experts
         prune_layer(layer, ids, mode)
-        if mode == "truncate" and getattr(layer, "combine", "sum") == "concat":
-            check(hasattr(model, "norm") and hasattr(model, "head"),
-                  f"{type(model).__name__}: truncating a concat layer needs the WRN-pMoE head (norm, head)")
-            _truncate_concat_head(model, ids, k)
+        if mode == "truncate" and layer.combine == "concat":
+            _truncate_concat_head(*model.concat_head(), ids, k)
     return model
 
 

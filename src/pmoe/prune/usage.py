@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from pmoe.errors import check
 from pmoe.layers import PatchMoE
-from pmoe.routing import PatchRouting, TokenRouting
+from pmoe.layers.routing import PatchRouting, TokenRouting
 
 
 class LayerUsage:

@@ -22,6 +22,7 @@ from pmoe.fields import typed
 from pmoe.io import write_json
 from pmoe.models.presets import build_preset, preset
 from pmoe.runs.theory import num_params
+from pmoe.train.distributed.mesh import is_main_process
 from pmoe.train.evaluate import evaluate_images
 from pmoe.train.recipes import record
 from pmoe.train.vision import FitConfig, fit, resolve_device
@@ -138,7 +139,8 @@ def _fit(model: nn.Module, name: str | None, data: ImageDataSpec, train_ds: Imag
               "images_per_second": sum(r["images_per_second"] for r in history) / len(history),
               "train_seconds": last["seconds"], "seconds": round(time.perf_counter() - start, 3),
               "device": str(resolve_device(cfg.device))}
-    write_json(Path(out_dir) / CONFIG, {**read_config(out_dir), "result": result})
+    if is_main_process():  # under torchrun, rank 0 writes the folder
+        write_json(Path(out_dir) / CONFIG, {**read_config(out_dir), "result": result})
     return result
 
 

@@ -17,6 +17,7 @@ from pmoe.metrics import discriminative_routing, evaluate
 from pmoe.models import theory_config
 from pmoe.models.theory import build_theory_model
 from pmoe.train import TrainConfig, train
+from pmoe.train.distributed.mesh import world_size
 
 
 @dataclass
@@ -127,8 +128,10 @@ def _train(model: torch.nn.Module, data: DataSpec, train_ds: PatchDataset, test_
 
 def train_theory(name: str, data: DataSpec, cfg: TrainConfig, out_dir: str | Path, overrides: dict | None = None,
                  resume: bool = False, progress: bool = True) -> dict:
-    """`run` with the arguments of every kind of run (`pmoe.runs.kinds`); theory runs are not resumable."""
+    """`run` with the arguments of every kind of run (`pmoe.runs.kinds`); theory runs are not resumable and take one
+    process."""
     check(not resume, "theory runs are not resumable (they take seconds to minutes): run them again")
+    check(world_size() == 1, f"theory models train in one process, not {world_size()}: run without torchrun")
     return run(name, data, cfg, overrides, out_dir, progress)
 
 

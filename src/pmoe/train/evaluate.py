@@ -1,7 +1,8 @@
 """Loss and accuracy of the vision models: the training objective's task term, and evaluation on a data set.
 
-A model with `forward_members` (E³) trains, as vmoe, on the mean of its members' own cross-entropies, labels repeated
-per member; its prediction is the argmax of the members' mean probabilities (its `forward`, used for evaluation).
+An ensemble (E³: `MoEModel.ensemble_size` M > 1, `forward_members`) trains, as vmoe, on the mean of its members' own
+cross-entropies, labels repeated per member; its prediction is the argmax of the members' mean probabilities (its
+`forward`, used for evaluation).
 """
 from __future__ import annotations
 
@@ -12,16 +13,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pmoe.data.vision import ImageBatches, ImageDataset
+from pmoe.models import MoEModel
 
 
-def task_loss(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+def task_loss(model: MoEModel, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """(cross-entropy, scores (B, C) whose argmax is the prediction) of a training batch x (B, C, H, W), y (B,)."""
-    if hasattr(model, "forward_members"):
-        members = model.forward_members(x).float()  # (B, M, C)
-        M = members.shape[1]
-        return F.cross_entropy(members.flatten(0, 1), y.repeat_interleave(M)), members.softmax(-1).mean(1)
-    logits = model(x).float()  # (B, C)
-    return F.cross_entropy(logits, y), logits
+    if model.ensemble_size == 1:
+        logits = model(x).float()  # (B, C)
+        return F.cross_entropy(logits, y), logits
+    members = model.forward_members(x).float()  # (B, M, C)
+    M = members.shape[1]
+    return F.cross_entropy(members.flatten(0, 1), y.repeat_interleave(M)), members.softmax(-1).mean(1)
 
 
 @torch.no_grad()

@@ -2,7 +2,8 @@
 
 `train_state.pt` holds the weights, optimizer, scheduler, RNG states, counters, history and the run's settings in one
 file, written to a temporary name and renamed, so it is always a complete epoch's state; `model.safetensors` and
-`config.json` beside it are the published checkpoint, rewritten from it.
+`config.json` beside it are the published checkpoint, rewritten from it. A run over several processes (torchrun)
+keeps the same state in the folder `train_state/` instead (`pmoe.train.distributed.checkpoint`).
 """
 from __future__ import annotations
 
@@ -13,10 +14,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from pmoe.data.vision.splits import seeded_generator
 from pmoe.errors import PmoeError, check
 from pmoe.io import atomic_path
 
 STATE = "train_state.pt"
+DCP_STATE = "train_state"  # of a run over several processes: a torch.distributed.checkpoint folder
+
+
+def stream_seed(*keys: int) -> int:
+    """A seed for random streams mixed from integers, e.g. (seed, rank): distinct and well mixed for distinct keys."""
+    return seeded_generator(*keys).initial_seed()
 
 
 def rng_states() -> dict[str, Any]:

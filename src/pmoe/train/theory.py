@@ -11,12 +11,13 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from pmoe.data import PatchDataset
 from pmoe.errors import check
 from pmoe.metrics import correct, discriminative_routing, evaluate, logistic_loss
+from pmoe.models.theory import MixtureOfCNNs, TwoLayerCNN
 from pmoe.train.divergence import check_finite, finite_weights, mark, no_step
 
 
@@ -60,7 +61,7 @@ def _sgd_epochs(params: list[Tensor], ds: PatchDataset, epochs: int, cfg: TrainC
         on_epoch(epoch, loss_sum.item() / N, hits.item() / N)
 
 
-def train(model: nn.Module, train_ds: PatchDataset, test_ds: PatchDataset, cfg: TrainConfig,
+def train(model: TwoLayerCNN | MixtureOfCNNs, train_ds: PatchDataset, test_ds: PatchDataset, cfg: TrainConfig,
           on_epoch: Callable[[dict], None] | None = None, progress: bool = True) -> list[dict]:
     """Train `model` in place; returns one metrics record per epoch (also passed to `on_epoch`): the running train
     loss and accuracy, and, after every `cfg.eval_every`-th and the last epoch of each stage, test loss, accuracy and
@@ -72,7 +73,7 @@ def train(model: nn.Module, train_ds: PatchDataset, test_ds: PatchDataset, cfg: 
           f"train (n={train_ds.n}, d={train_ds.d}) and test (n={test_ds.n}, d={test_ds.d}) patches differ")
     g = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
-    is_moe = hasattr(model, "moe")
+    is_moe = bool(model.moe_layers())
     start = time.perf_counter()
 
     def record(stage: str, epochs: int) -> Callable[[int, float, float], None]:
@@ -92,7 +93,7 @@ def train(model: nn.Module, train_ds: PatchDataset, test_ds: PatchDataset, cfg: 
         return log
 
     model.train()
-    if getattr(model, "config", None) is not None and model.config.model == "pmoe-separate":
+    if model.routers_first:
         router = [model.router.weight]
         _sgd_epochs(router, train_ds, cfg.router_epochs, cfg, g, model.router_logit, lambda f, y: -(y * f).mean(),
                     record("routers", cfg.router_epochs), "routers", progress)
