@@ -7,8 +7,8 @@ import torch
 from pmoe.checkpoints import load_checkpoint, save_checkpoint
 from pmoe.errors import PmoeError
 from pmoe.layers import EnsembleTokenMoE, MoEMlp, PatchMoE, PatchRouting, TokenMoE, TokenRouting
-from pmoe.models import (ARCHS, PRESETS, E3Config, MixtureOfCNNs, TwoLayerCNN, ViT, ViTConfig, WRNConfig, build_model,
-                         build_preset, preset, theory_config)
+from pmoe.models import (ARCHS, PRESETS, THEORY_MODELS, E3Config, MixtureOfCNNs, TwoLayerCNN, ViT, ViTConfig, WRNConfig,
+                         build_model, build_preset, build_theory_model, preset, theory_config)
 from pmoe.models.images import fit_images, patchify, unpatchify
 
 # Presets too slow for a CPU forward+backward at full size: forward only, at two patches per side (their backward
@@ -301,3 +301,18 @@ def test_presets_match_their_papers():
     _, e3 = preset("e3-s32")
     assert isinstance(e3, E3Config) and (e3.patch_size, e3.dim, e3.depth, e3.moe_blocks, e3.experts,
                                          e3.ensemble_size, e3.num_selected) == (32, 512, 8, (5, 7), 8, 2, 1)
+
+
+def test_theory_models_are_presets_built_for_their_data():
+    """`build_preset` builds the theory models too: the paper's settings for n patches of dimension d, the same
+    weights as `build_theory_model(theory_config(...))` for the same seed; n and d are required."""
+    for name in THEORY_MODELS:
+        arch, cfg = preset(name, n=16, d=784, seed=3, neurons=4)
+        assert arch == "theory" and cfg == theory_config(name, 16, 784, seed=3, neurons=4)
+        a, b = build_preset(name, n=16, d=784, seed=3), build_theory_model(theory_config(name, 16, 784, seed=3))
+        assert type(a) is type(b) and all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                                             b.state_dict().values()))
+    with pytest.raises(PmoeError, match="theory model 'pmoe' is built for data: give n and d"):
+        build_preset("pmoe", n=16)
+    with pytest.raises(PmoeError, match="unknown preset 'vit-huge'"):
+        preset("vit-huge")

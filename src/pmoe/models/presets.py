@@ -1,4 +1,6 @@
-"""Named presets of the vision models: `preset(name, **overrides)` -> (arch, config); `build_preset` -> the model.
+"""Named models: `preset(name, **overrides)` -> (arch, config); `build_preset` -> the model. The vision presets
+(`PRESETS`) below, and the theory models (`THEORY_MODELS`: cnn, pmoe, pmoe-separate with the paper's settings,
+`pmoe.models.theory`), built for data of n patches of dimension d (`build_preset("pmoe", n=16, d=784, seed=0)`).
 
 WRN and WRN-pMoE, as the pMoE authors' code (WRN-10-10: 160/320/640 channels):
   wrn-cifar, wrn-pmoe-cifar    32x32, 10 classes; pMoE: 4 experts of 1x1 conv, 160 filters, n=64 (8x8 map), l=16
@@ -32,6 +34,7 @@ from pmoe.fields import check_fields
 from pmoe.models.archs import ARCHS
 from pmoe.models.base import MoEModel
 from pmoe.models.e3moe import E3Config
+from pmoe.models.theory import THEORY_MODELS, TheoryConfig, theory_config
 from pmoe.models.vit import ViTConfig, every_other
 from pmoe.models.wrn import WRNConfig
 
@@ -64,9 +67,16 @@ PRESETS: dict[str, partial] = {
 }
 
 
-def preset(name: str, **overrides) -> tuple[str, VisionConfig]:
-    """(arch, config) of preset `name` with `overrides` applied; save `dataclasses.asdict(config)` in checkpoints."""
-    check(name in PRESETS, f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+def preset(name: str, **overrides) -> tuple[str, VisionConfig | TheoryConfig]:
+    """(arch, config) of model `name` with `overrides` applied; save `dataclasses.asdict(config)` in checkpoints.
+
+    `name`: a vision preset (`PRESETS`) or a theory model (`THEORY_MODELS`: the paper's settings, built for data of n
+    patches of dimension d, which `overrides` must give: `preset("pmoe", n=16, d=784, seed=0)`)."""
+    if name in THEORY_MODELS:
+        check({"n", "d"} <= set(overrides), f"theory model {name!r} is built for data: give n and d (patches per "
+                                            f"sample and their dimension), got {sorted(overrides)}")
+        return "theory", theory_config(name, **overrides)
+    check(name in PRESETS, f"unknown preset {name!r}; expected one of {sorted(PRESETS)} or {list(THEORY_MODELS)}")
     factory = PRESETS[name]
     check_fields(factory.func, overrides, f"preset {name!r}")
     cfg = factory(**overrides)
@@ -74,6 +84,6 @@ def preset(name: str, **overrides) -> tuple[str, VisionConfig]:
 
 
 def build_preset(name: str, **overrides) -> MoEModel:
-    """The model of preset `name` with `overrides` applied."""
+    """The model of preset or theory model `name` with `overrides` applied (see `preset`)."""
     arch, cfg = preset(name, **overrides)
     return ARCHS[arch][1](cfg)

@@ -14,8 +14,7 @@ from pmoe.errors import check
 from pmoe.fields import typed
 from pmoe.io import atomic_path
 from pmoe.metrics import discriminative_routing, evaluate
-from pmoe.models import theory_config
-from pmoe.models.theory import build_theory_model
+from pmoe.models.presets import build_preset
 from pmoe.train import TrainConfig, train
 from pmoe.train.distributed.mesh import world_size
 
@@ -82,9 +81,9 @@ def run(model_name: str, data: DataSpec, train_cfg: TrainConfig, model_options: 
     with the per-epoch records under `history` if asked."""
     start = time.perf_counter()
     train_ds, test_ds = data.make()
-    cfg = theory_config(model_name, train_ds.n, train_ds.d, seed=train_cfg.seed, **(model_options or {}))
-    result, records = _train(build_theory_model(cfg), data, train_ds, test_ds, train_cfg, out_dir, progress, start,
-                             initial=build_theory_model(cfg))
+    shape = dict(n=train_ds.n, d=train_ds.d, seed=train_cfg.seed, **(model_options or {}))
+    result, records = _train(build_preset(model_name, **shape), data, train_ds, test_ds, train_cfg, out_dir, progress,
+                             start, initial=build_preset(model_name, **shape))
     return {**result, "history": records} if history else result
 
 
