@@ -1,5 +1,6 @@
 """pmoe.hf on hand-made checkpoints (no transformers): grouped routing, protected experts, expert axes other than 0,
-zero-compute router rows, routing tensors saved beside the block, nested configs, and the refusals."""
+flattened fused experts, zero-compute router rows, routing tensors saved beside the block, nested configs, and the
+refusals."""
 from __future__ import annotations
 
 import json
@@ -105,6 +106,15 @@ def test_expert_axis_one_sibling_bias_and_nested_config(tmp_path):
     assert written["text_config"]["moe_num_experts"] == 3 and written["vision_config"] == {"num_experts": E}
 
 
+def test_flattened_fused_experts_keep_row_blocks(tmp_path):
+    """DBRX: a fused expert matrix saved [E * n, hidden] keeps the n rows of each kept expert."""
+    w1 = torch.arange(E).repeat_interleave(3)[:, None].repeat(1, 5).float()  # row block e holds e
+    base, ft = pair(tmp_path, DS, GROWN, extra={"model.layers.1.mlp.experts.mlp.w1": w1})
+    report = prune_checkpoint(base, ft, tmp_path / "out", PruneSpec(keep=3))
+    out = load_file(tmp_path / "out" / "model.safetensors")["model.layers.1.mlp.experts.mlp.w1"]
+    assert_close(out, torch.tensor(report.layers[0].kept).repeat_interleave(3)[:, None].repeat(1, 5).float())
+
+
 def test_zero_compute_router_rows_stay(tmp_path):
     """LongCat-Flash: 2 zero-compute experts add router rows 8, 9 (and rows of a fused tensor), never pruned."""
     config = {"model_type": "longcat_flash", "n_routed_experts": E, "zero_expert_num": 2, "hidden_size": H,
@@ -139,3 +149,17 @@ def test_refused_family_and_cli_protect(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(args + ["--protect", "0-7", "--out", str(tmp_path / "o2")])
     assert "is not a protect list" in capsys.readouterr().err
+
+
+def test_mxfp4_blocks_and_scales_are_sliced_bit_exact(tmp_path):
+    """gpt-oss's MXFP4 experts: uint8 `*_blocks` [E, rows, groups, 16] and `*_scales` [E, rows, groups] beside a
+    float bias [E, rows] keep the kept experts' bytes unchanged, in order."""
+    ids = torch.arange(E, dtype=torch.uint8)
+    extra = {"model.layers.1.mlp.experts.down_proj_blocks": ids.view(E, 1, 1, 1).repeat(1, H, 2, 16) * 17,
+             "model.layers.1.mlp.experts.down_proj_scales": ids.view(E, 1, 1).repeat(1, H, 2) + 120,
+             "model.layers.1.mlp.experts.down_proj_bias": torch.arange(E, dtype=torch.float32)[:, None].repeat(1, H)}
+    base, ft = pair(tmp_path, DS, GROWN, extra=extra)
+    report = prune_checkpoint(base, ft, tmp_path / "out", PruneSpec(keep=4))
+    kept, out = torch.tensor(report.layers[0].kept), load_file(tmp_path / "out" / "model.safetensors")
+    for name, t in extra.items():
+        assert out[name].dtype == t.dtype and torch.equal(out[name], t[kept]), name

@@ -23,7 +23,14 @@ NESTED = ("text_config", "ffn_config")  # where multimodal models (and DBRX) kee
 REFUSED = {  # model_type -> why its pruned outputs would not be the fine-tuned model's restricted to the kept experts
     "deepseek_v4": "its hash-routed MoE layers pick experts by token id (tid2eid tables), which pruning would break",
     "doge": "its experts are product-key retrieval embeddings with no router row per expert",
-    "nllb-moe": "its capacity-limited top-2 routing did not match the masked-router reference on a tiny model",
+    "ernie4_5_vl_moe": "its checkpoint keeps text and vision experts in one list (ids 0..2E-1) with two routers saved "
+                       "transposed (gate.weight, gate.weight_1: [hidden, E]) and statics [2, E]; which expert serves "
+                       "which modality is not readable from names and shapes",
+    "zaya": "its router is an MLP (gate.router_mlp.out_proj: E+1 rows, one a skip expert) over a learned projection, "
+            "not an [E, hidden] linear router; pruning would need to slice it and its skip row",
+    "nllb-moe": "transformers' NllbMoeExperts (5.24) one-hot encodes the router's 0/1 top-1 mask, not expert ids, so "
+                "only expert_0 and expert_1 ever compute, whatever the routing; renumbering the kept experts would "
+                "change which weights those are",
 }
 
 

@@ -4,8 +4,10 @@ With `E` routed experts and `R = E + zero-compute experts` router rows:
   router   a `[R, hidden]` `*.weight` under a module named gate/router/classifier/wg; its parent is the MoE block;
   expert   `{block}.…experts.{e}.…` or `….experts.expert_{e}.…`: one expert's tensor, renumbered or dropped;
   sliced   any other tensor of the block with an expert axis: dim 0 of size E or R (fused experts `[E, …]`,
-           router biases, score-correction biases, MXFP4 blocks/scales, Granite's `input_linear`), or the one
-           axis of size E of a vector such as ERNIE-4.5's `moe_statics.e_score_correction_bias` `[1, E]`.
+           router biases, score-correction biases, MXFP4 blocks/scales, Granite's `input_linear`), the one
+           axis of size E of a vector such as ERNIE-4.5's `moe_statics.e_score_correction_bias` `[1, E]`, or
+           dim 0 of a fused expert matrix flattened expert-major, `[E * n, …]` (DBRX's `experts.mlp.w1`): E blocks
+           of n rows.
 A routing tensor saved under a sibling module of the block (`layers.0.moe.router.expert_bias` beside the block
 `layers.0.mlp`) belongs to that block. Modules whose name starts with "shared" are never touched, nor, in a
 multimodal model, vision/audio towers.
@@ -32,13 +34,14 @@ PER_EXPERT = re.compile(r"(?P<head>(?:.+\.)?experts\.(?:expert_)?)(?P<e>\d+)(?P<
 class Role:
     """What one tensor of an MoE block is: "router", "sliced" along `axis`, or "expert" `expert`'s own tensor.
 
-    A sliced axis of size R (router rows) keeps the zero-compute rows too. An expert tensor's key is
-    `head + str(expert) + tail`.
+    A sliced axis of size R (router rows) keeps the zero-compute rows too; it holds `width` consecutive rows per
+    expert (more than 1 for a flattened fused expert matrix). An expert tensor's key is `head + str(expert) + tail`.
     """
 
     kind: str
     block: str
     axis: int = 0
+    width: int = 1
     expert: int = -1
     head: str = ""
     tail: str = ""
@@ -82,18 +85,21 @@ def find_routers(moe: MoeConfig, shapes: Shapes) -> dict[str, str]:
     return routers
 
 
-def expert_axis(key: str, shape: Sequence[int], moe: MoeConfig, fused: bool) -> int | None:
-    """The expert axis of a tensor of an MoE block, None if it has none; PmoeError if it is ambiguous."""
+def expert_axis(key: str, shape: Sequence[int], moe: MoeConfig, fused: bool) -> tuple[int, int] | None:
+    """The expert axis of a tensor of an MoE block and its rows per expert, None if it has none; PmoeError if it is
+    ambiguous. A `fused` matrix (under `experts`) whose dim 0 is a multiple of E is flattened expert-major."""
     sizes = {moe.num_experts, moe.router_rows}
     if shape and shape[0] in sizes:
-        return 0
+        return 0, 1
     at = [i for i, n in enumerate(shape) if n in sizes]
     if len(at) == 1 and all(n == 1 for i, n in enumerate(shape) if i != at[0]):
-        return at[0]
+        return at[0], 1
     check(not at, f"{key} has shape {list(shape)} with {moe.num_experts} (the expert count) at axis {at}; expected "
                   "the expert axis first, or a vector [1, .., E]: cannot tell which axis to slice")
+    if fused and len(shape) >= 2 and shape[0] % moe.num_experts == 0:
+        return 0, shape[0] // moe.num_experts
     check(not fused or len(shape) < 2, f"{key} has shape {list(shape)} but sits under experts; expected the "
-                                       f"expert axis ({moe.num_experts}) first")
+                                       f"expert axis ({moe.num_experts}) first, or dim 0 a multiple of it")
     return None
 
 
@@ -116,7 +122,7 @@ def _role(key: str, block: str, router: str, shape: Sequence[int], moe: MoeConfi
         check(e < moe.router_rows, f"{key} names expert {e}; expected ids below {moe.router_rows}")
         return Role("expert", block, expert=e, head=f"{block}.{m['head']}", tail=m["tail"])
     axis = expert_axis(key, shape, moe, fused="experts" in rest.split("."))
-    return None if axis is None else Role("sliced", block, axis)
+    return None if axis is None else Role("sliced", block, *axis)
 
 
 def discover(moe: MoeConfig, shapes: Shapes) -> Layout:
@@ -133,7 +139,7 @@ def discover(moe: MoeConfig, shapes: Shapes) -> Layout:
             check(axis is not None or "experts" not in parts or _skipped(parts, moe),
                   f"{key} is an expert tensor outside any MoE block with a router; expected it in one")
             if axis is not None:
-                roles[key] = Role("sliced", sibling, axis)
+                roles[key] = Role("sliced", sibling, *axis)
             continue
         if _skipped(parts[block.count(".") + 1:], moe):
             continue

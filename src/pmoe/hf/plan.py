@@ -32,9 +32,9 @@ class Slice:
 def plan_tensors(layout: Layout, shapes: Shapes, kept: Mapping[str, Sequence[int]]) -> dict[str, Slice]:
     """Output key -> Slice for each tensor of the pruned model, in input order.
 
-    Routers and sliced tensors keep `kept[block]`, then the extra router rows (zero-compute experts) on an axis of
-    router-row size; per-expert tensors of kept experts are renumbered 0..len(kept)-1 in id order (extra experts
-    follow), the others dropped; everything else is copied.
+    Routers and sliced tensors keep `kept[block]` (each expert's `width` rows), then the extra router rows
+    (zero-compute experts) on an axis of router-row size; per-expert tensors of kept experts are renumbered
+    0..len(kept)-1 in id order (extra experts follow), the others dropped; everything else is copied.
     """
     moe = layout.moe
     zero = tuple(range(moe.num_experts, moe.router_rows))
@@ -49,6 +49,7 @@ def plan_tensors(layout: Layout, shapes: Shapes, kept: Mapping[str, Sequence[int
             if role.expert in ids:
                 plan[f"{role.head}{ids.index(role.expert)}{role.tail}"] = Slice(key)
             continue
-        rows = ids if shape[role.axis] == moe.router_rows else kept[role.block]
+        experts = ids if shape[role.axis] == moe.router_rows * role.width else kept[role.block]
+        rows = [e * role.width + r for e in experts for r in range(role.width)]
         plan[key] = Slice(key, tuple(rows), role.axis)
     return plan
