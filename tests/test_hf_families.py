@@ -39,11 +39,12 @@ TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, moe_intermediat
             eos_token_id=2, decoder_start_token_id=0, first_k_dense_replace=1,
             encoder_sparse_step=1, decoder_sparse_step=1, attn_layer_offset=1, attn_layer_period=2,
             expert_layer_offset=1, expert_layer_period=2, zero_expert_num=2, mlp_only_layers=[0])
+MIXED = "two kinds"  # layer_types: the default pattern's first layer kind, then its first other kind
 MLA = dict(num_key_value_heads=2, qk_head_dim=16)  # latent attention: kv heads = heads, qk_head_dim is derived
 FAMILY_OVERRIDES: dict[str, dict] = {  # model_type (of the config or sub-config) -> fields set after shrinking
     "zaya": dict(num_experts_per_tok=1),  # validator: top-1 only (refused, built to check the refusal)
     "glm5_next_text": dict(num_key_value_heads=2, qk_rope_head_dim=0,  # validator: kv heads = heads, no RoPE (DSA)
-                           layer_types=["linear_attention", "indexed_attention"]),  # its cache needs attention
+                           layer_types=MIXED),  # its cache needs an attention layer (named per version)
     "hy_v4_vl_text": dict(MLA, rope_parameters=dict(mrope_section=[2, 1, 1])),  # validator: sum qk_rope_head_dim/2
     "mistral_large4_text": dict(MLA, kv_source_layers=[0, 1]),  # validator: one entry per layer
     "granitemoehybrid": dict(mamba_n_heads=4, mamba_d_head=16,  # validator: heads * head size = 2 * hidden
@@ -121,10 +122,11 @@ def shrink(config, groups: bool = True):
     if getattr(config, "is_heterogeneous", False):  # per-layer sizes (transformers >= 5.2x): one global size
         config.per_layer_config = None
     layers = getattr(config, "num_hidden_layers", None)
+    overrides = FAMILY_OVERRIDES.get(config.model_type, {})
     for name, value in config.to_dict().items():  # per-layer lists (layer_types) cut to the tiny depth
         if isinstance(value, list) and layers and len(value) == layers and not name.endswith("_layers"):
-            setattr(config, name, [value[0], value[-1]])  # often dense/linear first, sparse/full last
-    overrides = FAMILY_OVERRIDES.get(config.model_type, {})
+            last = next(v for v in value if v != value[0]) if overrides.get(name) == MIXED else value[-1]
+            setattr(config, name, [value[0], last])  # often dense/linear first, sparse/full last
     for name, value in TINY.items():
         if getattr(config, name, None) is not None and name not in overrides:
             with contextlib.suppress(AttributeError):  # read-only properties
@@ -144,6 +146,8 @@ def shrink(config, groups: bool = True):
         if isinstance(getattr(config, sub, None), transformers.PreTrainedConfig):
             shrink(getattr(config, sub), groups)
     for name, value in overrides.items():  # "sub.field" sets a sub-config's field; a dict updates the config's dict
+        if value == MIXED:
+            continue
         path, _, leaf = name.rpartition(".")
         target = getattr(config, path) if path else config
         current = getattr(target, leaf, None)
@@ -253,6 +257,8 @@ def test_family_pruned_to_4_of_8_matches_masked_reference(tmp_path, model_type):
 @pytest.mark.parametrize("model_type", ["deepseek_v3", "gpt_oss", "kolibri1", "llama4_text"])
 def test_in_memory_pruning_matches_masked_reference(model_type):
     """`prune_model` reads the in-memory layout (fused experts, buffers) by the same discovery."""
+    if model_type not in CONFIG_MAPPING_NAMES:  # kolibri1 is newer than transformers 5.17
+        pytest.skip(f"no {model_type} in transformers {transformers.__version__}")
     base = build(model_type)
     ft = finetune(base)
     pruned, report = prune_model(base, ft, PruneSpec(keep=KEEP))
