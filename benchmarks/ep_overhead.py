@@ -14,7 +14,7 @@ import platform
 
 import torch
 import torch.distributed as dist
-from moe_layers import SIZES, Size, report, timer
+from moe_layers import SIZES, Size, medians_ms, report
 
 from pmoe.layers import MlpExperts, PatchMoE, TokenMoE
 from pmoe.reports import markdown_table
@@ -64,13 +64,13 @@ def main() -> None:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="tcp://127.0.0.1:29531",
                             rank=0, world_size=1)
-    run, rows = timer(device, args.reps, warmup=5), []
+    rows = []
     for size in args.sizes:
         s = SIZES[size]
         x = torch.randn(s.B, s.n, s.d, device=device, dtype=dtype, requires_grad=True)
         for kind, layer in layers(s, device, dtype).items():
-            times = {name: run(lambda m=m: m(x).output.float().square().mean().backward())
-                     for name, m in variants(layer).items()}
+            times = medians_ms(device, {name: lambda m=m: m(x).output.float().square().mean().backward()
+                                        for name, m in variants(layer).items()}, args.reps, warmup=5)
             rows.append({"size": size, "layer": kind, **{f"{k} ms": round(v, 3) for k, v in times.items()},
                          **{f"{k} vs plain": round(v / times["plain"] - 1, 4) for k, v in times.items()
                             if k != "plain"}})

@@ -6,6 +6,7 @@ from torch import nn
 
 from pmoe.errors import PmoeError
 from pmoe.layers import ConvExperts, MlpExperts, MoEMlp, PatchMoE, TokenMoE, collect_aux_loss, relu_neurons
+from pmoe.layers import moe as moe_module
 from pmoe.layers.reference import expert_loop_forward, loop_forward, masked_forward
 
 D = torch.float64
@@ -119,6 +120,24 @@ def test_token_moe_equals_per_token_loop(K, c, group, device):
         torch.testing.assert_close(g_fast[k], g_slow[k])
     if c < 1:
         assert r.dropped.any()
+
+
+@pytest.mark.parametrize("combine", ["sum", "concat"])
+def test_sorted_row_sums_of_large_cuda_layers_equal_the_loop(combine, device, monkeypatch):
+    # Large CUDA layers gather by indexing and scatter with index_put_(accumulate=True) (sorted sums, no atomics);
+    # forced here at any size and device, they must give the loop's values and gradients, the input's included.
+    monkeypatch.setattr(moe_module, "_sorted_scatter", lambda device, numel: True)
+    torch.manual_seed(2)
+    layer = PatchMoE(MlpExperts(4, 6, 7, 5), 3, combine=combine, router_std=0.5).to(device, D)
+    x = torch.randn(3, 8, 6, dtype=D, device=device, requires_grad=True)
+    fast, slow = layer(x).output, loop_forward(layer, x)
+    torch.testing.assert_close(fast, slow)
+    g_fast = grads(layer, fast)
+    gx_fast, x.grad = x.grad, None
+    g_slow = grads(layer, slow)
+    torch.testing.assert_close(gx_fast, x.grad)
+    for k in g_slow:
+        torch.testing.assert_close(g_fast[k], g_slow[k])
 
 
 def test_token_moe_aux_loss_weights_and_noise_only_in_training():

@@ -1,6 +1,8 @@
 import pytest
 import torch
+from torch import nn
 
+from pmoe.checkpoints import load_checkpoint, save_checkpoint
 from pmoe.errors import PmoeError
 from pmoe.models import build_model, theory_config
 from pmoe.models.theory import MixtureOfCNNs, TwoLayerCNN
@@ -16,6 +18,20 @@ def test_cnn_equals_its_formula():
             for j in range(6):
                 expected[b] += model.a[r] / 6 * torch.relu(x[b, j] @ model.w[:, r])
     torch.testing.assert_close(model(x), expected)
+
+
+def test_cnn_weight_keeps_its_saved_shape_in_filter_major_memory_and_old_checkpoints_load(tmp_path):
+    # `w` is (d, m) in state dicts and files, held as m rows of d (fast on CPU); a model whose `w` is a row-major
+    # (d, m) tensor, as before, saves a file that loads into that memory with the same weights and logits.
+    cfg = theory_config("cnn", n=6, d=5, neurons=3)
+    assert TwoLayerCNN(cfg).w.shape == (5, 3) and TwoLayerCNN(cfg).w.t().is_contiguous()
+    old = TwoLayerCNN(cfg)
+    old.w = nn.Parameter(torch.randn(5, 3))  # row-major (d, m)
+    save_checkpoint(tmp_path / "old", old, "theory", cfg.to_dict())
+    loaded, _ = load_checkpoint(tmp_path / "old")
+    assert loaded.w.t().is_contiguous() and torch.equal(loaded.w, old.w)
+    x = torch.randn(4, 6, 5)
+    torch.testing.assert_close(loaded(x), old(x))
 
 
 @pytest.mark.parametrize("pool", ["l", "n"])

@@ -46,13 +46,13 @@ class MlpExperts(nn.Module):
         The shared form runs the first layer of all experts as one GEMM (PatchMoE's `dense` dispatch).
         """
         k, h, d = self.w1.shape
-        if x.dim() == 2:
+        if x.dim() == 2:  # the activation runs on the GEMM's contiguous (M, k*h) output, not on the (k, M, h) view
             b1 = None if self.b1 is None else self.b1.reshape(k * h)
-            hid = F.linear(x, self.w1.reshape(k * h, d), b1).view(-1, k, h).transpose(0, 1)  # (k, M, h)
+            hid = self.drop(self.act(F.linear(x, self.w1.reshape(k * h, d), b1)))
+            hid = hid.view(-1, k, h).transpose(0, 1)  # (k, M, h)
         else:
             w1 = self.w1.transpose(1, 2)  # (k, d, h) view
-            hid = torch.bmm(x, w1) if self.b1 is None else torch.baddbmm(self.b1, x, w1)  # (k, M, h)
-        hid = self.drop(self.act(hid))
+            hid = self.drop(self.act(torch.bmm(x, w1) if self.b1 is None else torch.baddbmm(self.b1, x, w1)))
         w2 = self.w2.transpose(1, 2)  # (k, h, d_out) view
         return self.drop(torch.bmm(hid, w2) if self.b2 is None else torch.baddbmm(self.b2, hid, w2))
 

@@ -19,6 +19,33 @@ from pmoe.layers.experts import MlpExperts
 from pmoe.layers.routing import GateMode, PatchRouting, TokenRouting, expert_choice, token_choice
 
 
+# Summing rows into a (N, d) tensor: on CUDA, index_select's backward and index_add_ add with atomics, while
+# indexing's backward and index_put_(accumulate=True) sort the rows and sum each run without them. On the H200 (bf16,
+# BENCHMARKS.md) the atomic sum of PatchMoE's k*B*l = 100352 rows of 768 took 640 us at ViT-B size, and gathering and
+# scattering by sorting made the layer 7-13% faster (eager and compiled); at ViT-S size (19M elements) the sorted
+# pair made it slower (2.47 against 2.00 ms fwd+bwd), at the theory and small sizes the sort's extra launches cost
+# more than the atomics. On CPU index_select and index_add_ (a serial loop) are the faster pair.
+SORTED_SCATTER_MIN = 1 << 25  # elements from which a CUDA gather's backward and scatter sort (ViT-B: 77M)
+
+
+def _sorted_scatter(device: torch.device, numel: int) -> bool:
+    """Whether to sum `numel` scattered elements on `device` by sorting (see SORTED_SCATTER_MIN)."""
+    return device.type == "cuda" and numel >= SORTED_SCATTER_MIN
+
+
+def _gather_rows(x: Tensor, rows: Tensor) -> Tensor:
+    """x (N, d), rows (M,) -> x[rows] (M, d); the backward sums the gradients of repeated rows."""
+    return x[rows] if _sorted_scatter(x.device, rows.numel() * x.shape[1]) else x.index_select(0, rows)
+
+
+def _scatter_rows(src: Tensor, rows: Tensor, num_rows: int) -> Tensor:
+    """src (M, d), rows (M,) -> (num_rows, d) zeros with src[i] added to row rows[i]."""
+    out = src.new_zeros(num_rows, src.shape[1])
+    if _sorted_scatter(src.device, src.numel()):
+        return out.index_put_((rows,), src, accumulate=True)
+    return out.index_add_(0, rows, src)
+
+
 def _dispatch_dtype(x: Tensor) -> Tensor:
     """Under autocast, gather in the autocast dtype: the experts would cast the gathered copy anyway."""
     if torch.is_autocast_enabled(x.device.type):
@@ -78,25 +105,30 @@ class PatchMoE(RoutedLayer):
             index, gates = index[:, self.kept], gates[:, self.kept]  # (B, k', l)
         B, n, d = x.shape
         k, l = index.shape[1:]
-        flat = index.transpose(0, 1) + torch.arange(B, device=x.device).view(1, B, 1) * n  # (k, B, l) rows of x
+        rows = _expert_rows(index, n)  # (k*B*l,)
         if self.dispatch == "gather":
-            xe = _dispatch_dtype(x).reshape(B * n, d).index_select(0, flat.reshape(-1)).view(k, B * l, d)
+            xe = _gather_rows(_dispatch_dtype(x).reshape(B * n, d), rows).view(k, B * l, d)
             ye = self.experts(xe)  # (k, B*l, d_out)
         else:
             y_all = self.experts(x.reshape(B * n, d))  # (k, B*n, d_out): every expert on every patch
-            ye = y_all.gather(1, flat.reshape(k, B * l, 1).expand(-1, -1, y_all.shape[-1]))  # (k, B*l, d_out)
-        ye = ye * gates.transpose(0, 1).reshape(k, B * l, 1).to(ye.dtype)
+            ye = y_all.gather(1, rows.view(k, B * l, 1).expand(-1, -1, y_all.shape[-1]))  # (k, B*l, d_out)
         d_out = ye.shape[-1]
+        # gates (B, k, l) broadcast as a (k, B, l, 1) view: no reordered copy of them
+        ye = (ye.view(k, B, l, d_out) * gates.transpose(0, 1).unsqueeze(-1).to(ye.dtype)).reshape(k * B * l, d_out)
         if self.combine == "sum":
-            out = ye.new_zeros(B * n, d_out).index_add_(0, flat.reshape(-1), ye.reshape(k * B * l, d_out))
-            out = out.view(B, n, d_out)
-        else:  # expert s writes channel block s of its patches (a pruned expert's block stays 0)
-            K = self.num_experts
-            block = torch.arange(k, device=x.device) if self.kept is None else self.kept  # (k,)
-            rows = (flat * K + block.view(k, 1, 1)).reshape(-1)  # (k*B*l,) of (B*n*K)
-            out = ye.new_zeros(B * n * K, d_out).index_add_(0, rows, ye.reshape(k * B * l, d_out))
-            out = out.view(B, n, K * d_out)
-        return out
+            return _scatter_rows(ye, rows, B * n).view(B, n, d_out)
+        # concat: expert s writes channel block s of its patches (a pruned expert's block stays 0)
+        K = self.num_experts
+        block = torch.arange(k, device=x.device) if self.kept is None else self.kept  # (k,)
+        blocks = (rows.view(k, B * l) * K + block.view(k, 1)).view(-1)  # (k*B*l,) rows of (B*n*K, d_out)
+        return _scatter_rows(ye, blocks, B * n * K).view(B, n, K * d_out)
+
+
+def _expert_rows(index: Tensor, n: int) -> Tensor:
+    """index (B, k, l) patches of each sample -> (k*B*l,) their rows in the (B*n, d) patches, expert-major and
+    contiguous (made once: the gather and the scatter share it)."""
+    B = index.shape[0]
+    return (index + torch.arange(0, B * n, n, device=index.device).view(B, 1, 1)).transpose(0, 1).reshape(-1)
 
 
 class TokenMoE(RoutedLayer):

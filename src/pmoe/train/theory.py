@@ -18,7 +18,7 @@ from pmoe.data import PatchDataset
 from pmoe.errors import check
 from pmoe.metrics import correct, discriminative_routing, evaluate, logistic_loss
 from pmoe.models.theory import MixtureOfCNNs, TwoLayerCNN
-from pmoe.train.divergence import check_finite, finite_weights, mark, no_step
+from pmoe.train.divergence import check_finite, finite_weights
 
 
 @dataclass
@@ -38,27 +38,46 @@ class TrainConfig:
 def _sgd_epochs(params: list[Tensor], ds: PatchDataset, epochs: int, cfg: TrainConfig, g: torch.Generator,
                 forward: Callable[[Tensor], Tensor], loss_fn: Callable[[Tensor, Tensor], Tensor],
                 on_epoch: Callable[[int, float, float], None], desc: str, progress: bool) -> None:
-    """SGD over shuffled mini-batches; on_epoch(epoch, mean batch loss, mean batch accuracy) after each epoch. A
-    non-finite loss or weights stop the run (`pmoe.train.divergence`)."""
-    opt = torch.optim.SGD(params, lr=cfg.lr)
-    N, step = len(ds), 0
+    """Plain SGD over shuffled mini-batches; on_epoch(epoch, mean batch loss, mean batch accuracy) after each epoch. A
+    non-finite loss or weights stop the run (`pmoe.train.divergence`). The steps' losses and logits are kept and
+    summed once per epoch, so a step runs no bookkeeping ops."""
+    N = len(ds)
+    starts = range(0, N, cfg.batch_size)
+    sizes = torch.tensor([min(cfg.batch_size, N - i) for i in starts], dtype=torch.float32)  # (steps,)
+    for p in params:
+        p.grad = None
     for epoch in tqdm(range(1, epochs + 1), desc=desc, disable=not progress, leave=False):
         perm = torch.randperm(N, generator=g)
-        loss_sum = hits = torch.zeros(())
-        first_bad = no_step("cpu")
-        for i in range(0, N, cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
-            f, y = forward(ds.x[idx]), ds.y[idx]
-            loss = loss_fn(f, y)
-            opt.zero_grad(set_to_none=True)
+        y = ds.y[perm]  # (N,) labels in batch order
+        losses, logits = [], []
+        for i in starts:
+            f = forward(ds.x.index_select(0, perm[i:i + cfg.batch_size]))
+            loss = loss_fn(f, y[i:i + cfg.batch_size])
             loss.backward()
-            opt.step()
-            step += 1
-            first_bad = mark(first_bad, loss, step)
-            loss_sum = loss_sum + loss.detach() * len(idx)
-            hits = hits + correct(f.detach(), y).sum()
-        check_finite(first_bad.item(), bool(finite_weights(params)), step, f"epoch {epoch} of {desc}")
-        on_epoch(epoch, loss_sum.item() / N, hits.item() / N)
+            _sgd_step(params, cfg.lr)
+            losses.append(loss.detach())
+            logits.append(f.detach())
+        before, loss_per_step = (epoch - 1) * len(starts), torch.stack(losses)
+        check_finite(_first_nonfinite(loss_per_step, before), bool(finite_weights(params)), before + len(starts),
+                     f"epoch {epoch} of {desc}")
+        on_epoch(epoch, (loss_per_step @ sizes).item() / N, correct(torch.cat(logits), y).sum().item() / N)
+
+
+def _sgd_step(params: list[Tensor], lr: float) -> None:
+    """p -= lr * p.grad for the params that got a gradient, which is then dropped: torch.optim.SGD without momentum
+    and weight decay (the same update), without its per-step overhead."""
+    with torch.no_grad():
+        for p in params:
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-lr)
+                p.grad = None
+
+
+def _first_nonfinite(losses: Tensor, before: int) -> float:
+    """Number of the first step whose loss is NaN or infinite, -1 if none; losses: (steps,) of steps before + 1,
+    before + 2, ..."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    return float(before + 1 + bad[0, 0].item()) if len(bad) else -1.0
 
 
 def train(model: TwoLayerCNN | MixtureOfCNNs, train_ds: PatchDataset, test_ds: PatchDataset, cfg: TrainConfig,
