@@ -1,9 +1,11 @@
-"""pmoe.train.distributed on gloo (CPU), against references computed in one process.
+"""pmoe.train.distributed on gloo (CPU), or on NCCL with one GPU a rank (PMOE_TEST_DEVICE=cuda), against references
+computed in one process.
 
-One spawn of 4 ranks per module (`ranks`) runs every in-process check and records each one's outcome per rank:
-expert-parallel forward and backward of each routed layer at dp×ep = 1×2, 2×2 and 1×4 against the layer on the whole
-batch; short `fit` runs (FSDP2 + EP, E³ and WRN-pMoE with EP) against one process; wrong sizes. Three torchrun
-launches of `pmoe train` (2 processes, `-m pmoe`) give a run, a run killed after its first epoch and its resumption.
+One spawn of 4 ranks per module (`ranks`; on CUDA one a GPU, up to 4) runs every in-process check and records each
+one's outcome per rank: expert-parallel forward and backward of each routed layer at dp×ep = 1×2, 2×2 and 1×4 (those
+that the ranks hold) against the layer on the whole batch; short `fit` runs (FSDP2 + EP, E³ and WRN-pMoE with EP)
+against one process; wrong sizes. Three torchrun launches of `pmoe train` (2 processes, `-m pmoe`) give a run, a run
+killed after its first epoch and its resumption.
 """
 from __future__ import annotations
 
@@ -42,8 +44,17 @@ from pmoe.train import FitConfig, OptimConfig, evaluate_images, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-WORLD, TOKENS = 4, 5
-MESHES = ((1, 2), (2, 2), (1, 4))  # dp × ep of the layer checks (on 4 ranks: 2 runs side by side at 1×2)
+DEVICE = torch.device(os.environ.get("PMOE_TEST_DEVICE", "cpu"))  # as conftest's `device` fixture
+CUDA = DEVICE.type == "cuda"
+if CUDA and torch.cuda.device_count() < 2:
+    pytest.skip("the distributed tests on CUDA need 2 GPUs or more (NCCL: one GPU a rank)", allow_module_level=True)
+WORLD, TOKENS = min(4, torch.cuda.device_count()) if CUDA else 4, 5
+# dp × ep of the layer checks that the ranks hold (on 4 ranks: 2 runs side by side at 1×2)
+MESHES = tuple(m for m in ((1, 2), (2, 2), (1, 4)) if m[0] * m[1] <= WORLD)
+# torchrun runs against one process: on CUDA their convolutions run in TF32 (cuDNN's default), so less close
+TORCHRUN_TOL = dict(rtol=1e-3, atol=1e-4) if CUDA else dict(rtol=1e-4, atol=1e-5)
+if CUDA:  # the in-process references of this module are float32 through and through
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def pruned(layer: RoutedLayer, kept: list[int]) -> RoutedLayer:
@@ -84,12 +95,12 @@ def images(n: int, classes: int = 4, side: int = 16, seed: int = 0) -> ImageData
 def ep_matches_whole_batch(make: Callable[[], RoutedLayer], par: Parallel) -> None:
     """The layer's output rows, router and expert gradients of this rank under EP == the whole batch's in one layer."""
     torch.manual_seed(0)
-    whole = make().train()
+    whole = make().to(par.device).train()
     mine = Holder(copy.deepcopy(whole))
     rows = 2 * whole.groups  # 2 samples per rank (E³: their M copies)
-    x = torch.randn(par.world * rows, TOKENS, whole.in_features)
+    x = torch.randn(par.world * rows, TOKENS, whole.in_features).to(par.device)
     y = whole(x).output
-    probe = torch.randn(y.shape)
+    probe = torch.randn(y.shape).to(par.device)
     ((y * probe).sum() / par.world).backward()  # the run's loss: the mean of the ranks' losses
 
     shard_experts(mine, par.group("ep"))
@@ -116,26 +127,26 @@ def fit_run(tmp: Path, name: str, preset: str, cfg: FitConfig, overrides: dict, 
         torch.save({"model": model.state_dict(), "history": history}, tmp / f"{name}.pt")
 
 
-RUN = FitConfig(epochs=1, batch_size=16, device="cpu", augment=False, bf16=False,
+RUN = FitConfig(epochs=1, batch_size=16, device=DEVICE.type, augment=False, bf16=False,
                 optim=OptimConfig("adamw", lr=1e-3, weight_decay=0.05, clip_norm=1.0))
 FITS = {  # name: (preset, config, model overrides)
     "fsdp-ep": ("vit-moe-tiny", replace(RUN, expert_parallel=2, fsdp=True), {"router": "patch"}),
     "e3-ep": ("e3-tiny", replace(RUN, expert_parallel=2), {}),
-    "wrn-ep": ("wrn-pmoe-tiny", replace(RUN, expert_parallel=4, optim=OptimConfig("sgd", lr=0.05)), {}),
+    "wrn-ep": ("wrn-pmoe-tiny", replace(RUN, expert_parallel=WORLD, optim=OptimConfig("sgd", lr=0.05)), {}),
 }
 TWO_EPOCHS = replace(RUN, epochs=2)
 ERRORS = {  # name: (preset, config, overrides), each refused on every rank before training
     "ep-not-dividing-world": ("vit-moe-tiny", replace(RUN, expert_parallel=3), {}),
-    "ep-not-dividing-experts": ("vit-moe-tiny", replace(RUN, expert_parallel=4), {"experts": 2}),
-    "batch-not-dividing": ("vit-moe-tiny", replace(RUN, batch_size=18), {}),
+    "ep-not-dividing-experts": ("vit-moe-tiny", replace(RUN, expert_parallel=WORLD), {"experts": WORLD + 1}),
+    "batch-not-dividing": ("vit-moe-tiny", replace(RUN, batch_size=4 * WORLD + 1), {}),
 }
 
 
 def checks(tmp: Path) -> dict[str, Callable[[], object]]:
     out = {}
     for dp, ep in MESHES:
-        mesh = init_device_mesh("cpu", (WORLD // (dp * ep), dp, ep), mesh_dim_names=("rep", "dp", "ep"))
-        par = Parallel(mesh["dp", "ep"], torch.device("cpu"))
+        mesh = init_device_mesh(DEVICE.type, (WORLD // (dp * ep), dp, ep), mesh_dim_names=("rep", "dp", "ep"))
+        par = Parallel(mesh["dp", "ep"], rank_device(dist.get_rank()))
         for name in [c[0] for c in CASES if c[1:] == (dp, ep)]:
             out[f"{name}@{dp}x{ep}"] = lambda make=LAYERS[name], par=par: ep_matches_whole_batch(make, par)
         out[f"pruned-3-of-8@{dp}x{ep}"] = lambda par=par: shard_experts(
@@ -147,10 +158,19 @@ def checks(tmp: Path) -> dict[str, Callable[[], object]]:
     return out
 
 
+def rank_device(rank: int) -> torch.device:
+    """This rank's device: its own GPU on CUDA (NCCL takes one a rank), else the CPU."""
+    return torch.device("cuda", rank) if CUDA else DEVICE
+
+
 def worker(rank: int, tmp: Path) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=120))
+    if CUDA:  # what torchrun gives a rank
+        os.environ["LOCAL_RANK"] = str(rank)
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if CUDA else "gloo", init_method=f"file://{tmp}/store", rank=rank,
+                            world_size=WORLD, timeout=timedelta(seconds=120),
+                            device_id=rank_device(rank) if CUDA else None)
     results = {}
     for name, check in checks(tmp).items():
         try:
@@ -204,9 +224,9 @@ def test_expert_counts_that_ep_does_not_divide_are_refused(ranks, dp, ep):
 
 
 @pytest.mark.parametrize("name,words", [
-    ("ep-not-dividing-world", "--expert-parallel 3 must divide the number of processes, 4"),
-    ("ep-not-dividing-experts", "MoE layer 0 has 2 experts; --expert-parallel 4 must divide"),
-    ("batch-not-dividing", "the batch size 18 must be a multiple of the 4 processes"),
+    ("ep-not-dividing-world", f"--expert-parallel 3 must divide the number of processes, {WORLD}"),
+    ("ep-not-dividing-experts", f"MoE layer 0 has {WORLD + 1} experts; --expert-parallel {WORLD} must divide"),
+    ("batch-not-dividing", f"the batch size {4 * WORLD + 1} must be a multiple of the {WORLD} processes"),
 ])
 def test_wrong_sizes_are_refused_on_every_rank(ranks, name, words):
     errors = [r[name] for r in ranks[1]]
@@ -238,7 +258,7 @@ def test_a_model_trained_with_ep_evaluates_in_one_process_as_the_ranks_did(ranks
     preset, _, overrides = FITS[name]
     model = build_for_data(preset, images(64), overrides)
     model.load_state_dict(saved["model"])
-    ev = evaluate_images(model, images(30, seed=1))
+    ev = evaluate_images(model.to(DEVICE), images(30, seed=1))
     assert ev["accuracy"] == saved["history"][-1]["eval_accuracy"]
     assert ev["loss"] == pytest.approx(saved["history"][-1]["eval_loss"], rel=1e-5)
 
@@ -271,7 +291,8 @@ def test_the_cli_refuses_a_wrong_layout_before_reading_data(tmp_path, monkeypatc
 # ---- torchrun -m pmoe train ----------------------------------------------------------------------------------------
 
 TRAIN = ["train", "--model", "vit-moe-tiny", "--model-opt", "router=patch", "--data", "fashion-mnist",
-         "--samples", "64", "--test-samples", "30", "--batch-size", "16", "--epochs", "2", "--device", "cpu", "--quiet"]
+         "--samples", "64", "--test-samples", "30", "--batch-size", "16", "--epochs", "2", "--device", DEVICE.type,
+         "--no-bf16", "--quiet"]
 KILL_AFTER_EPOCH_1 = """
 import os, signal, sys
 import pmoe.runs.images as images
@@ -308,28 +329,34 @@ def runs(tmp_path_factory) -> Path:
 def test_torchrun_training_ends_with_the_weights_of_one_process(runs, tmp_path):
     assert main([*TRAIN, "--out", str(tmp_path / "one")]) == 0
     assert_close(load_file(runs / "whole" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors"),
-                 rtol=1e-4, atol=1e-5)
+                 **TORCHRUN_TOL)
 
 
 def test_a_two_rank_checkpoint_evaluates_in_one_process_as_the_ranks_did(runs):
     model, cfg = load_checkpoint(runs / "whole")
     last = json.loads((runs / "whole" / "metrics.jsonl").read_text().splitlines()[-1])
-    ev = evaluate_images(model, ImageDataSpec(**cfg["data"]).make("test"))
+    ev = evaluate_images(model.to(DEVICE), ImageDataSpec(**cfg["data"]).make("test"))
     assert ev["accuracy"] == last["eval_accuracy"] and ev["loss"] == pytest.approx(last["eval_loss"], rel=1e-5)
     assert cfg["result"]["test_accuracy"] == last["eval_accuracy"]
 
 
 def test_a_killed_run_resumes_bit_for_bit_on_the_same_world_size(runs):
+    """Bit for bit on CPU; on CUDA two runs differ in the last bits anyway (atomic float sums add in any order)."""
     whole, resumed = load_file(runs / "whole" / "model.safetensors"), load_file(runs / "resumed" / "model.safetensors")
-    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert whole.keys() == resumed.keys()
     drop = lambda rec: {k: v for k, v in rec.items() if k not in ("seconds", "images_per_second")}  # noqa: E731
     lines = [[drop(json.loads(r)) for r in (runs / d / "metrics.jsonl").read_text().splitlines()]
              for d in ("whole", "resumed")]
-    assert lines[0] == lines[1] and len(lines[0]) == 2
+    assert len(lines[0]) == len(lines[1]) == 2
+    if CUDA:
+        assert_close(resumed, whole, **TORCHRUN_TOL)
+        assert all(a == pytest.approx(b, rel=1e-4) for a, b in zip(*lines))
+    else:
+        assert all(torch.equal(whole[k], resumed[k]) for k in whole) and lines[0] == lines[1]
 
 
 def test_a_killed_run_resumes_in_one_process(runs, tmp_path):
     shutil.copytree(runs / "killed", tmp_path / "one")
     assert main([*TRAIN, "--out", str(tmp_path / "one"), "--resume"]) == 0
     assert_close(load_file(runs / "whole" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors"),
-                 rtol=1e-4, atol=1e-5)
+                 **TORCHRUN_TOL)
