@@ -28,14 +28,6 @@ def emit(result: dict, as_json: bool, lines: list[str]) -> None:
         print("\n".join(lines), flush=True)
 
 
-def routing_line(r: dict) -> str:
-    """The human form of a theory model's `discriminative_routing` (with the run's initial weights', if any)."""
-    initial = f"at the run's initial weights {r['initial']['best_expert']:.3f}; " if "initial" in r else ""
-    return (f"best expert of each class takes its discriminative patch in {r['best_expert']:.3f} of the test samples "
-            f"({initial}chance {r['chance_best_expert']:.3f} for the best of {len(r['per_expert'])} experts, "
-            f"{r['chance']:.3f} = l/n for one)")
-
-
 def add_output_args(p: argparse.ArgumentParser) -> None:
     """--out (the checkpoint folder), --overwrite, --json and --quiet: the tail of every training command."""
     p.add_argument("--out", required=True, help="checkpoint folder to write (new or empty, unless --overwrite)")

@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from pmoe.checkpoints import nonfinite_weights
-from pmoe.cli.common import emit, routing_line
+from pmoe.cli.common import emit
 from pmoe.data.vision import SPLITS
 from pmoe.runs.kinds import kind_of_checkpoint
 
@@ -30,19 +30,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"pmoe eval: warning: {bad:,} of {total:,} weights of {args.checkpoint} are NaN or infinite (the run "
               "diverged); its results mean nothing", file=sys.stderr)
     r = kind.evaluate(args.checkpoint, args.split, args.device)
-    emit(r, args.json, _split_lines(r) if "split" in r else _train_test_lines(r))
+    emit(r, args.json, kind.eval_lines(r))
     return 0
-
-
-def _split_lines(r: dict) -> list[str]:
-    """One split of a vision checkpoint, with group accuracies where the data set has groups."""
-    s = r["split"]
-    groups = f"   worst-group accuracy {r['worst_group_accuracy']:.4f}" if "worst_group_accuracy" in r else ""
-    return [f"{r['model']} on {r['data']} {s} ({r['samples']} images): accuracy {r[f'{s}_accuracy']:.4f}   "
-            f"loss {r[f'{s}_loss']:.4f}{groups}   parameters {r['params']}"]
-
-
-def _train_test_lines(r: dict) -> list[str]:
-    """Both splits of a theory checkpoint, with the routers' class-patch hits of a pMoE model."""
-    return ([f"{r['model']}: train accuracy {r['train_accuracy']:.4f}   test accuracy {r['test_accuracy']:.4f}   "
-             f"parameters {r['params']}"] + ([routing_line(r["routing"])] if "routing" in r else []))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from pmoe.cli.common import add_data_args, add_model_args, add_output_args, add_train_args, emit, output, routing_line
+from pmoe.cli.common import add_data_args, add_model_args, add_output_args, add_train_args, emit, output
+from pmoe.runs.summaries import routing_line
 from pmoe.cli.kind_args import ARGS, kind_specs
 from pmoe.cli.vision_args import add_vision_args, resumable
 from pmoe.runs.kinds import KINDS, kind_of_model

@@ -22,7 +22,8 @@ from pmoe.fields import typed
 from pmoe.io import write_json
 from pmoe.models.presets import build_preset, preset
 from pmoe.runs.theory import num_params
-from pmoe.train.distributed.mesh import is_main_process
+from pmoe.train.distributed.data import evaluate_sharded
+from pmoe.train.distributed.mesh import is_main_process, world_size
 from pmoe.train.evaluate import evaluate_images
 from pmoe.train.recipes import record
 from pmoe.train.vision import FitConfig, fit, resolve_device
@@ -130,7 +131,8 @@ def _fit(model: nn.Module, name: str | None, data: ImageDataSpec, train_ds: Imag
     if saved is not None:  # a finished run resumed: its result as saved, nothing rewritten
         return saved
     last = history[-1]
-    tr = evaluate_images(model, train_ds, cfg.eval_batch_size, num_workers=cfg.num_workers)
+    evaluate = evaluate_sharded if world_size() > 1 else evaluate_images  # under torchrun: each rank a part
+    tr = evaluate(model, train_ds, cfg.eval_batch_size, next(model.parameters()).device, cfg.num_workers)
     result = {"model": name, "data": data.name, "samples": len(train_ds), "test_samples": len(test_ds),
               "seed": cfg.seed, "epochs": last["epoch"], "steps": last["step"],
               "test_accuracy": last["eval_accuracy"], "test_loss": last["eval_loss"],

@@ -15,7 +15,7 @@ from pmoe.checkpoints import read_config
 from pmoe.errors import check
 from pmoe.models import THEORY_MODELS
 from pmoe.models.presets import PRESETS
-from pmoe.runs import images, route, theory
+from pmoe.runs import images, route, summaries, theory
 from pmoe.runs.route import RouteConfig
 from pmoe.runs.tasks import Task, TheoryTask, VisionTask
 from pmoe.train import resolve_device
@@ -33,12 +33,16 @@ class RunKind:
     route: Callable[[str | Path, RouteConfig], dict]  # (ckpt_dir, cfg) -> routing report
     task: Callable[[dict, torch.device], Task]  # (checkpoint config, device) -> its data, for pruning
     device: Callable[[str], torch.device]  # the device its models run on, for a --device value
+    eval_lines: Callable[[dict], list[str]]  # the human form of an `evaluate` result
+    route_lines: Callable[[dict], list[str]]  # the human form of a `route` report
 
 
 THEORY = RunKind("theory", THEORY_MODELS, ("theory",), False, theory.train_theory, theory.finetune_theory,
-                 theory.evaluate_theory, route.route_theory, TheoryTask, lambda _: torch.device("cpu"))
+                 theory.evaluate_theory, route.route_theory, TheoryTask, lambda _: torch.device("cpu"),
+                 summaries.theory_eval_lines, summaries.theory_route_lines)
 VISION = RunKind("vision", tuple(PRESETS), images.VISION_ARCHS, True, images.train_preset, images.finetune_preset,
-                 images.evaluate_run, route.route_vision, VisionTask, resolve_device)
+                 images.evaluate_run, route.route_vision, VisionTask, resolve_device, summaries.vision_eval_lines,
+                 summaries.vision_route_lines)
 KINDS = (THEORY, VISION)
 
 
@@ -58,11 +62,6 @@ def kind_of_arch(arch: str) -> RunKind:
 def kind_of_checkpoint(ckpt_dir: str | Path) -> RunKind:
     """The kind of run that made checkpoint `ckpt_dir` (read from its config.json)."""
     return kind_of_arch(read_config(ckpt_dir)["arch"])
-
-
-def route_checkpoint(ckpt_dir: str | Path, cfg: RouteConfig) -> dict:
-    """The routing report of checkpoint `ckpt_dir` (`pmoe.runs.route`)."""
-    return kind_of_checkpoint(ckpt_dir).route(ckpt_dir, cfg)
 
 
 def make_task(config: dict, device: str = "auto") -> Task:

@@ -29,19 +29,24 @@ def task_loss(model: MoEModel, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 @torch.no_grad()
 def evaluate_images(model: nn.Module, ds: ImageDataset, batch_size: int = 512, device: torch.device | str | None = None,
                     num_workers: int = 0) -> dict[str, Any]:
-    """{'loss', 'accuracy'} of `model` (eval mode, float32) on `ds`, plus 'group_accuracy' {group: accuracy} and
-    'worst_group_accuracy' when `ds.groups` is set. `device`: the model's when None."""
+    """`image_metrics` of `model` (eval mode, float32) on `ds`. `device`: the model's when None."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    loss, preds = torch.zeros((), device=device), []
+    losses, preds = [], []
     for x, y in ImageBatches(ds, batch_size, device=device, num_workers=num_workers):
         logits = model(x).float()  # (B, C)
-        loss += F.cross_entropy(logits, y, reduction="sum")
-        preds.append(logits.argmax(-1).cpu())
+        losses.append(F.cross_entropy(logits, y, reduction="none"))
+        preds.append(logits.argmax(-1))
     model.train(was_training)
-    correct = (torch.cat(preds) == ds.labels).float()  # (N,)
-    out: dict[str, Any] = {"loss": loss.item() / len(ds), "accuracy": correct.mean().item()}
+    return image_metrics(torch.cat(losses).cpu(), torch.cat(preds).cpu(), ds)
+
+
+def image_metrics(losses: Tensor, preds: Tensor, ds: ImageDataset) -> dict[str, Any]:
+    """{'loss', 'accuracy'} of per-sample losses and predictions (N,) on `ds`, with 'group_accuracy' {group:
+    accuracy} and 'worst_group_accuracy' when `ds.groups` is set."""
+    correct = (preds == ds.labels).float()  # (N,)
+    out: dict[str, Any] = {"loss": losses.sum().item() / len(ds), "accuracy": correct.mean().item()}
     if ds.groups is not None:
         out["group_accuracy"] = {g: correct[ds.groups == g].mean().item() for g in ds.groups.unique().tolist()}
         out["worst_group_accuracy"] = min(out["group_accuracy"].values())

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from pmoe.data.vision import Augment, ImageBatches, ImageDataset
 from pmoe.data.vision.splits import seeded_generator
 from pmoe.train.distributed.mesh import Parallel, all_gather
+from pmoe.train.evaluate import image_metrics
 from pmoe.errors import check
 from pmoe.train.state import stream_seed
 
@@ -60,29 +61,19 @@ def reduce_epoch(stats: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate_sharded(net: nn.Module, ds: ImageDataset, batch_size: int, par: Parallel,
+def evaluate_sharded(net: nn.Module, ds: ImageDataset, batch_size: int, device: torch.device,
                      num_workers: int = 0) -> dict[str, Any]:
-    """`evaluate_images`' metrics of `net` (scores (B, C) of images) on `ds`: each rank runs ceil(N/W) samples
-    (the last rank's part padded with copies of sample N-1), in batches of `batch_size`."""
-    N, W = len(ds), par.world
+    """`evaluate_images`' metrics of `net` (scores (B, C) of images) on `ds`, called by every rank of the process
+    group: each rank runs ceil(N/W) samples (the last rank's part padded with copies of sample N-1), in batches of
+    `batch_size`, on `device`."""
+    N, W, rank = len(ds), dist.get_world_size(), dist.get_rank()
     part = -(-N // W)
-    idx = torch.arange(par.rank * part, (par.rank + 1) * part).clamp(max=N - 1)  # (part,)
+    idx = torch.arange(rank * part, (rank + 1) * part).clamp(max=N - 1)  # (part,)
     was_training, rows = net.training, []
     net.eval()
-    for x, y in ImageBatches(ds.subset(idx), batch_size, device=par.device, num_workers=num_workers):
+    for x, y in ImageBatches(ds.subset(idx), batch_size, device=device, num_workers=num_workers):
         scores = net(x).float()  # (B, C)
         rows.append(torch.stack([F.cross_entropy(scores, y, reduction="none"), scores.argmax(-1).float()], 1))
     net.train(was_training)
     every = all_gather(torch.cat(rows))[:N].cpu()  # (N, 2): loss and prediction of every sample
     return image_metrics(every[:, 0], every[:, 1].long(), ds)
-
-
-def image_metrics(losses: Tensor, preds: Tensor, ds: ImageDataset) -> dict[str, Any]:
-    """{'loss', 'accuracy'} of per-sample losses and predictions (N,) on `ds`, with 'group_accuracy' and
-    'worst_group_accuracy' when `ds.groups` is set."""
-    correct = (preds == ds.labels).float()  # (N,)
-    out: dict[str, Any] = {"loss": losses.sum().item() / len(ds), "accuracy": correct.mean().item()}
-    if ds.groups is not None:
-        out["group_accuracy"] = {g: correct[ds.groups == g].mean().item() for g in ds.groups.unique().tolist()}
-        out["worst_group_accuracy"] = min(out["group_accuracy"].values())
-    return out

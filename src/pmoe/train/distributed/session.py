@@ -63,7 +63,7 @@ class RankSession(Session):
         return local(self.model.parameters())
 
     def evaluate(self, ds: ImageDataset) -> dict[str, Any]:
-        return evaluate_sharded(self.objective, ds, self.cfg.eval_batch_size, self.par, self.cfg.num_workers)
+        return evaluate_sharded(self.objective, ds, self.cfg.eval_batch_size, self.par.device, self.cfg.num_workers)
 
     def precise_batch_norm(self) -> None:
         super().precise_batch_norm()
