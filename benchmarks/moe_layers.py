@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
 from pmoe.layers import MlpExperts, PatchMoE, TokenMoE
+from pmoe.layers import moe as moe_module
 from pmoe.layers.reference import expert_loop_forward, masked_forward
 from pmoe.reports import markdown_table
 
@@ -245,15 +246,19 @@ def main() -> None:
                    help="torch.compile(fullgraph=True, dynamic=False) every variant but the loop")
     p.add_argument("--variants", nargs="+", help="time only these (and the bare matmuls, the floors)")
     p.add_argument("--profile", nargs="*", default=[], metavar="VARIANT", help="add these variants' top ops")
+    p.add_argument("--sorted-min", type=int, metavar="ELEMENTS",
+                   help="pmoe.layers.moe.SORTED_SCATTER_MIN for this run (where CUDA row sums start to sort)")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--out", default="benchmarks/results/moe_layers")
     args = p.parse_args()
+    if args.sorted_min is not None:
+        moe_module.SORTED_SCATTER_MIN = args.sorted_min
     if args.weights == "bfloat16" and args.dtype != "bfloat16":
         p.error("--weights bfloat16 computes in bfloat16: give --dtype bfloat16 too")
     device, dtype, weights = torch.device(args.device), getattr(torch, args.dtype), getattr(torch, args.weights)
     env = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
            "threads": torch.get_num_threads(), "dtype": args.dtype, "weights": args.weights, "bias": args.bias,
-           "compile": args.compile, "torch": torch.__version__, "python": platform.python_version(),
+           "compile": args.compile, "sorted_min": moe_module.SORTED_SCATTER_MIN, "torch": torch.__version__, "python": platform.python_version(),
            "matmul_tflops": matmul_rate(device, dtype, args.reps)}
     rows: list[dict] = []
     for name in args.sizes:  # the report is rewritten after every size: a run cut short keeps what it measured

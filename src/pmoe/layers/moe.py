@@ -41,8 +41,8 @@ def _gather_rows(x: Tensor, rows: Tensor) -> Tensor:
 def _scatter_rows(src: Tensor, rows: Tensor, num_rows: int) -> Tensor:
     """src (M, d), rows (M,) -> (num_rows, d) zeros with src[i] added to row rows[i]."""
     out = src.new_zeros(num_rows, src.shape[1])
-    if _sorted_scatter(src.device, src.numel()):
-        return out.index_put_((rows,), src, accumulate=True)
+    if _sorted_scatter(src.device, src.numel()):  # the rows are in range by construction: no checking host sync
+        return torch.ops.aten._unsafe_index_put(out, [rows], src, True)
     return out.index_add_(0, rows, src)
 
 
@@ -182,11 +182,13 @@ class TokenMoE(RoutedLayer):
         # Buffer row of every choice, expert-major: (e, g, c) -> e*G*C + g*C + c; dropped -> k*G*C (a spare entry).
         row = torch.where(dropped, k * G * C, expert * (G * C) + g * C + r.slot).reshape(-1)  # (G*T*K,)
         token = (torch.arange(G * T, device=x.device).view(G, T, 1).expand(G, T, K)).reshape(-1)
-        # Token of every buffer slot. Empty slots take token 0: their outputs are never read (no choice points there).
-        src = torch.zeros(k * G * C + 1, dtype=torch.long, device=x.device)
+        # Token of every buffer slot. Empty slots take any token, spread over all of them (their outputs are never
+        # read, so their gradients are 0; spread, the backward's row sums do not queue on one row).
+        src = torch.arange(k * G * C + 1, device=x.device) % (G * T)
         src.scatter_(0, row, token)  # kept slots are unique; dropped ones all land on the spare last entry
         xe = _dispatch_dtype(x).reshape(G * T, d).index_select(0, src[:-1]).view(k, G * C, d)  # (k, G*C, d)
         ye = self.experts(xe).reshape(k * G * C, -1)  # (k*G*C, d_out)
-        # Dropped choices read any row (0): their gate is 0, so they add nothing.
-        picked = ye.index_select(0, row.clamp(max=k * G * C - 1)).view(G * T, K, -1)  # (G*T, K, d_out)
+        # Dropped choices read any row, spread likewise: their gate is 0, so they add nothing.
+        spread = torch.arange(G * T * K, device=x.device) % (k * G * C)
+        picked = ye.index_select(0, torch.where(dropped.reshape(-1), spread, row)).view(G * T, K, -1)  # (G*T, K, d_out)
         return (picked * gates.reshape(G * T, K, 1).to(picked.dtype)).sum(dim=1).view(B, n, -1)
