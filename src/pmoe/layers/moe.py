@@ -182,13 +182,11 @@ class TokenMoE(RoutedLayer):
         # Buffer row of every choice, expert-major: (e, g, c) -> e*G*C + g*C + c; dropped -> k*G*C (a spare entry).
         row = torch.where(dropped, k * G * C, expert * (G * C) + g * C + r.slot).reshape(-1)  # (G*T*K,)
         token = (torch.arange(G * T, device=x.device).view(G, T, 1).expand(G, T, K)).reshape(-1)
-        # Token of every buffer slot. Empty slots take any token, spread over all of them (their outputs are never
-        # read, so their gradients are 0; spread, the backward's row sums do not queue on one row).
+        # Token and gate of every buffer slot. Empty slots take gate 0 and any token, spread over all of them (their
+        # outputs add nothing; spread, the row sums do not queue on one row).
         src = torch.arange(k * G * C + 1, device=x.device) % (G * T)
         src.scatter_(0, row, token)  # kept slots are unique; dropped ones all land on the spare last entry
-        xe = _dispatch_dtype(x).reshape(G * T, d).index_select(0, src[:-1]).view(k, G * C, d)  # (k, G*C, d)
+        slot_gate = gates.new_zeros(k * G * C + 1).scatter(0, row, gates.reshape(-1))[:-1]  # (k*G*C,)
+        xe = _gather_rows(_dispatch_dtype(x).reshape(G * T, d), src[:-1]).view(k, G * C, d)  # (k, G*C, d)
         ye = self.experts(xe).reshape(k * G * C, -1)  # (k*G*C, d_out)
-        # Dropped choices read any row, spread likewise: their gate is 0, so they add nothing.
-        spread = torch.arange(G * T * K, device=x.device) % (k * G * C)
-        picked = ye.index_select(0, torch.where(dropped.reshape(-1), spread, row)).view(G * T, K, -1)  # (G*T, K, d_out)
-        return (picked * gates.reshape(G * T, K, 1).to(picked.dtype)).sum(dim=1).view(B, n, -1)
+        return _scatter_rows(ye * slot_gate.unsqueeze(-1).to(ye.dtype), src[:-1], G * T).view(B, n, -1)
