@@ -21,11 +21,11 @@ from pmoe.layers.routing import GateMode, PatchRouting, TokenRouting, expert_cho
 
 # Summing rows into a (N, d) tensor: on CUDA, index_select's backward and index_add_ add with atomics, while
 # indexing's backward and index_put_(accumulate=True) sort the rows and sum each run without them. On the H200 (bf16,
-# BENCHMARKS.md) the atomic sum of PatchMoE's k*B*l = 100352 rows of 768 took 640 us at ViT-B size, and scattering by
-# sorting made the layer 7-13% faster (eager and compiled); at ViT-S size (19M elements) and below the sorted scatter
-# made it slower (ViT-S bf16: 2.38 against 2.24 ms fwd+bwd). The gather sorts its backward at every size on CUDA, as
-# the straightforward layer's `x[rows]` does. On CPU index_select and index_add_ (a serial loop) are the faster pair.
-SORTED_SCATTER_MIN = 1 << 25  # elements from which a CUDA scatter sorts (ViT-B: 77M)
+# BENCHMARKS.md) the atomic sum of PatchMoE's k*B*l = 100352 rows of 768 took 640 us at ViT-B size, and gathering and
+# scattering by sorting made the layer 7-13% faster (eager and compiled); at ViT-S size (19M elements) and below
+# sorting made it slower (ViT-S bf16: 2.38 against 2.24 ms fwd+bwd for the scatter; the gather's sorted backward
+# alone cost ViT-MoE-S training 7-17% eager). On CPU index_select and index_add_ (a serial loop) are the faster pair.
+SORTED_SCATTER_MIN = 1 << 25  # elements from which a CUDA gather's backward and scatter sort (ViT-B: 77M)
 
 
 def _sorted_scatter(device: torch.device, numel: int) -> bool:
@@ -34,8 +34,8 @@ def _sorted_scatter(device: torch.device, numel: int) -> bool:
 
 
 def _gather_rows(x: Tensor, rows: Tensor) -> Tensor:
-    """x (N, d), rows (M,) -> x[rows] (M, d); the backward sums the gradients of repeated rows (sorted on CUDA)."""
-    return x[rows] if x.device.type == "cuda" else x.index_select(0, rows)
+    """x (N, d), rows (M,) -> x[rows] (M, d); the backward sums the gradients of repeated rows."""
+    return x[rows] if _sorted_scatter(x.device, rows.numel() * x.shape[1]) else x.index_select(0, rows)
 
 
 def _scatter_rows(src: Tensor, rows: Tensor, num_rows: int) -> Tensor:
