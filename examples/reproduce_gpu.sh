@@ -1,12 +1,29 @@
 #!/usr/bin/env bash
-# The GPU-sized parts of REPRODUCTION.md (sections 4, 5, 6), run at once on one GPU (the jobs share it; the sweeps
-# train several runs at a time); on a CPU they run too, slowly. Results land under OUT; the sweeps resume when run
-# again.
-#   bash examples/reproduce_gpu.sh OUT [PART...]     PART: canvas fashion spurious prune (default: all)
+# The GPU-sized parts of REPRODUCTION.md (sections 2, 4, 5, 6), run at once (the jobs share the GPUs; the sweeps
+# train several runs at a time, their workers spread over every visible GPU); on a CPU they run too, slowly. Results
+# land under OUT; the sweeps resume when run again (finished runs are read back from their config.json, unfinished
+# ones continue from their last checkpoint).
+#   bash examples/reproduce_gpu.sh OUT [PART...]
+# PART (default: canvas fashion spurious prune):
+#   canvas, fashion   section 4 as published (WRN vs WRN-pMoE on the canvases, on Fashion-MNIST)
+#   spurious          section 5 as published (N 1000 4000, 3 seeds)
+#   prune             section 6 (pretrain, fine-tune, prune-sweep the tiny ViT-MoE and E3)
+#   wrn-recipe        section 4 with the paper's recipe: wrn-cifar vs wrn-pmoe-cifar, 50 epochs, no augmentation,
+#                     5 seeds, N 2000..16000 (40 runs, 15M training images; about 7 min on 2 H200s, 13 on one)
+#   spurious-full     section 5 in full: N 1000 4000 8000 12000, 5 seeds, train_ratio 0.75 0.9 0.95 0.99 (160 runs
+#                     of the tiny pair, 50M training images; about 9 min on 2 H200s)
+#   theory-rates      section 2's fitted exponents on the finer n/l grid (CPU only: 1680 runs, about 3.5 min on 12
+#                     cores of the H200 host; not resumable: it must finish within one call)
+# wrn-recipe, spurious-full and theory-rates together: about 15 min on 2 H200s (32 cores). A device session's calls
+# last about 10 minutes: run them with LIMIT=560 and call again until every log ends with a summary. The run folders persist only where OUT survives between calls: on a lent machine, an ignored folder
+# of the repository root (e.g. gpu_tmp/repro), kept while the machine stays warm; a fresh machine starts bare, so
+# bring the finished runs' config.json files back (they are enough to read a run back) and carry them to the next.
 # Environment: LIMIT (stop every job this many seconds after the start; default none), SEEDS (seeds of the pruning
-# pipelines; default "0"), TASKS (their fine-tuning tasks; default "tops footwear"). Runs as `python3 -m pmoe.cli`: install pmoe or set PYTHONPATH=src.
+# pipelines; default "0"), TASKS (their fine-tuning tasks; default "tops footwear"), GPU_WORKERS (runs at once per
+# GPU of wrn-recipe, 6 of spurious-full; default 4), THEORY_WORKERS (theory-rates' processes; default a third of the
+# cores). Runs as `python3 -m pmoe.cli`: install pmoe or set PYTHONPATH=src.
 set -u
-out=${1:?usage: reproduce_gpu.sh OUT [canvas] [fashion] [spurious] [prune]}
+out=${1:?usage: reproduce_gpu.sh OUT [canvas] [fashion] [spurious] [prune] [wrn-recipe] [spurious-full] [theory-rates]}
 shift
 parts=${*:-canvas fashion spurious prune}
 deadline=$((SECONDS + ${LIMIT:-0}))
@@ -26,6 +43,16 @@ has fashion && pmoe experiment image-samples --data fashion-mnist --workers 2 --
 # Section 5: spurious correlation, Fashion-MNIST construction.
 has spurious && pmoe experiment spurious --samples 1000 4000 --seeds 3 --workers 2 --out "$out/spurious" \
     >"$out/spurious.log" 2>&1 &
+# The full sweeps: workers per GPU times the visible GPUs (one GPU without CUDA).
+gpus=$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')
+per_gpu=${GPU_WORKERS:-4}
+has wrn-recipe && pmoe experiment image-samples --paper-recipe --workers $((per_gpu * gpus)) \
+    --out "$out/image-samples-paper" >"$out/image-samples-paper.log" 2>&1 &
+has spurious-full && pmoe experiment spurious --samples 1000 4000 8000 12000 --seeds 5 --strengths 0.75 0.9 0.95 0.99 \
+    --evals 5 --workers $(((per_gpu + 2) * gpus)) --out "$out/spurious-full" >"$out/spurious-full.log" 2>&1 &
+has theory-rates && pmoe experiment sample-complexity --mode n-over-l --fine \
+    --workers "${THEORY_WORKERS:-$(( ($(nproc) + 2) / 3 ))}" --out "$out/sample-complexity-rates" \
+    >"$out/sample-complexity-rates.log" 2>&1 &
 # Section 6: pretrain on the 10 classes with 8 experts per MoE layer; fine-tune on each task of TASKS (tops: Coat,
 # Shirt vs T-shirt/top, Pullover; footwear: Sandal, Sneaker, Ankle boot); prune 2, 4 and 6 of the 8 experts per layer
 # with every criterion, before and after a 200-step fine-tune (the pruning paper's: SGD lr 0.01, momentum 0.9, no

@@ -4,7 +4,9 @@ import sys
 
 import pytest
 
-from pmoe.cli import main
+from pmoe.analysis.rates import fit_rate, needed_per_x, samples_needed
+from pmoe.cli import build_parser, main
+from pmoe.experiments import sample_complexity
 
 TINY = ["--data", "synthetic", "--samples", "30", "--test-samples", "40", "--n", "6", "--d", "12", "--epochs", "2"]
 
@@ -104,7 +106,8 @@ def test_n_over_l_experiment_reports_samples_needed(tmp_path, capsys):
             "--samples", "20", "--seeds", "1", "--epochs", "1", "--models", "cnn", "pmoe", "--workers", "1", "--json"]
     assert main(args) == 0
     assert "samples_needed_vs_n_over_l" in " ".join(p.name for p in tmp_path.iterdir())
-    assert "| n | n/l |" in last_json(capsys)["report"]
+    report = last_json(capsys)["report"]
+    assert "| n | n/l |" in report and "| model | exponent b [95% CI] | draws |" in report
 
 
 def test_bad_model_spec_in_experiment(tmp_path, capsys):
@@ -129,3 +132,27 @@ def test_routing_experiment_records_hit_rates_over_training(tmp_path, capsys):
     assert (tmp_path / "routing_over_training.png").read_bytes()[:4] == b"\x89PNG"
     assert "| epoch | pmoe:l=2 | pmoe-separate |" in json.loads(out.out)["report"]
     assert main(["experiment", "routing", "--out", str(tmp_path / "x"), "--models", "cnn", "--seeds", "1"]) == 2
+
+
+def test_rate_fit_matches_a_hand_computed_slope():
+    grid = [50, 100, 200, 400, 800]
+    # Crossings of 0.9 exactly at N = 100, 400, 800 for x = 2, 4, 8: log-log points (1, 0), (2, 2), (3, 3) in units
+    # of log 2 (+ log 100), slope = cov / var = 3 / 2. Identical seeds: every bootstrap draw gives the same.
+    accs = {2: [0.5, 0.9, 0.95, 1, 1], 4: [0.5, 0.6, 0.7, 0.9, 1], 8: [0.5, 0.5, 0.6, 0.7, 0.9],
+            16: [0.5, 0.5, 0.5, 0.6, 0.7]}  # 16: never reaches 0.9, left out of the fit
+    curves = {x: {N: [a] * 3 for N, a in zip(grid, acc)} for x, acc in accs.items()}
+    fit = fit_rate(curves, 0.9, resamples=50)
+    assert fit["exponent"] == pytest.approx(1.5) and fit["ci"] == pytest.approx([1.5, 1.5])
+    assert fit["resamples"] == 50 and fit["points"][16] is None and fit["points"][4] == pytest.approx(400)
+    assert samples_needed([100, 400, 1600], [0.5, 0.8, 1.0], 0.9) == pytest.approx(800)  # halfway in log N
+    assert samples_needed([100, 400], [0.95, 1.0], 0.9) is None  # reached at the first N: below the grid
+    # A seed that never trains (0.5) does not move the median curve.
+    assert needed_per_x({2: {50: [0.5, 0.5, 0.5], 100: [0.5, 0.95, 0.9]}}, 0.9) == {2: pytest.approx(100)}
+
+
+def test_fine_n_over_l_grid_and_its_refusal(capsys):
+    cfg = sample_complexity.config(build_parser().parse_args(
+        ["experiment", "sample-complexity", "--out", "x", "--mode", "n-over-l", "--fine", "--quick", "--seeds", "4"]))
+    assert (cfg.n_values, cfg.samples[0], cfg.seeds) == ([4, 6, 8, 12, 16], 16, 4)
+    assert main(["experiment", "sample-complexity", "--out", "x", "--fine"]) == 2
+    assert "error: --fine is a grid of the n-over-l mode" in capsys.readouterr().err

@@ -3,11 +3,13 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 
-from pmoe.cli import main
+from pmoe.cli import build_parser, main
 from pmoe.errors import PmoeError
+from pmoe.experiments import image_samples
 from pmoe.experiments.image_samples import CANVAS, preset
-from pmoe.experiments.image_sweep import ImageSweepConfig, build_for_sweep, run_sweep
+from pmoe.experiments.image_sweep import ImageSweepConfig, build_for_sweep, run_sweep, spread_device
 from pmoe.experiments.runner import parallel_map
 
 TINY = ["--quick", "--samples", "64", "128", "--test-samples", "100", "--seeds", "1", "--epochs", "1",
@@ -54,7 +56,7 @@ def test_image_samples_writes_json_pngs_table_and_reads_finished_runs_back(tmp_p
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "results.md").read_text()
     assert "| N | epochs | wrn-tiny (training TFLOPs) | wrn-pmoe-tiny (training TFLOPs) |" in table
-    assert "wrn-pmoe-tiny reaches wrn-tiny's accuracy at N=128" in table
+    assert "wrn-pmoe-tiny against wrn-tiny's mean accuracy at N=128" in table
     # A finished run's config.json alone is enough to read it back: no weights, no state, nothing retrained.
     for p in [*tmp_path.rglob("*.safetensors"), *tmp_path.rglob("train_state.pt")]:
         p.unlink()
@@ -88,4 +90,49 @@ def test_training_flags_reach_every_run(tmp_path):
 def test_bad_input_is_refused_before_training(tmp_path, capsys, args, message):
     assert main(["experiment", "image-samples", "--out", str(tmp_path), *TINY, *args]) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_paper_recipe_is_50_epochs_without_augmentation_and_few_evaluations():
+    args = ["experiment", "image-samples", "--out", "x", "--paper-recipe"]
+    cfg = image_samples.config(build_parser().parse_args(args))
+    assert (cfg.data, cfg.models, cfg.samples, cfg.seeds) == ("fashion-mnist", ["wrn-cifar", "wrn-pmoe-cifar"],
+                                                              [2000, 4000, 8000, 16000], 5)
+    fit = cfg.fit_config("wrn-cifar", 2000, 0)  # 15 steps an epoch: no step minimum stretches the run
+    assert (fit.epochs, fit.eval_every, fit.augment, fit.batch_size) == (50, 10, False, 128)
+    evals = image_samples.config(build_parser().parse_args(args + ["--evals", "2", "--data", "mnist"]))
+    assert (evals.data, evals.fit_config("wrn-cifar", 16000, 0).eval_every) == ("mnist", 25)
+
+
+def test_match_line_takes_the_smallest_n_and_says_when_none():
+    cfg = ImageSweepConfig(models=["dense", "moe"], samples=[4000, 1000, 2000])
+    stats = {(m, N): {"test_accuracy": (a, 0.01), "train_flops": N} for m, accs in
+             (("dense", {1000: 0.8, 2000: 0.85, 4000: 0.9}), ("moe", {1000: 0.7, 2000: 0.91, 4000: 0.95}))
+             for N, a in accs.items()}
+    assert image_samples.match_line(cfg, stats, "moe") == (
+        "moe against dense's mean accuracy at N=4000 (0.900 ± 0.010): reached first at N=2000 (0.910 ± 0.010), "
+        "with 0.50x its training FLOPs.")
+    stats["moe", 2000]["test_accuracy"] = stats["moe", 4000]["test_accuracy"] = (0.89, 0.0)
+    assert "not reached at any N tried (its best: 0.890 ± 0.000 at N=4000)" in image_samples.match_line(cfg, stats,
+                                                                                                        "moe")
+
+
+def test_auto_device_spreads_the_runs_over_the_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [spread_device("auto", i) for i in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert spread_device("cuda:1", 0) == "cuda:1" and spread_device("cpu", 1) == "cpu"  # a device given: kept
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert spread_device("auto", 1) == "auto"  # one GPU: the runs' own choice
+
+
+@pytest.mark.parametrize("args,message", [(["--quick", "--paper-recipe"], "--quick and --paper-recipe exclude"),
+                                          (["--evals", "0"], "argument --evals: must be an integer >= 1, got 0")])
+def test_bad_recipe_flags_are_refused_with_one_error_line(tmp_path, capsys, args, message):
+    try:
+        code = main(["experiment", "image-samples", "--out", str(tmp_path), *args])
+    except SystemExit as e:  # argparse
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and sum(line.startswith("error:") or ": error:" in line
+                                                for line in err.splitlines()) == 1
     assert not (tmp_path / "runs").exists()

@@ -42,3 +42,46 @@ def test_bad_model_spec_is_refused_before_training(tmp_path, capsys, models, mes
     assert main(["experiment", "spurious", "--out", str(tmp_path), *TINY, "--models", *models]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_strength_sweep_lays_out_reads_back_and_reports_each_strength(tmp_path, capsys):
+    args = ["experiment", "spurious", "--out", str(tmp_path), *TINY, "--models", "wrn-tiny", "--strengths", "0.9",
+            "0.5"]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["config"]["strengths"] == [0.5, 0.9]  # sorted
+    assert [(r["train_ratio"], r["dir"]) for r in results["runs"]] == [
+        (0.5, "runs/train_ratio=0.5/wrn-tiny/N64-seed0"), (0.9, "runs/train_ratio=0.9/wrn-tiny/N64-seed0")]
+    for r in results["runs"]:
+        saved = json.loads((tmp_path / r["dir"] / "config.json").read_text())
+        assert saved["data"]["options"] == {"train_ratio": r["train_ratio"]}
+    assert [(s["train_ratio"], s["model"]) for s in results["summary"]] == [(0.5, "wrn-tiny"), (0.9, "wrn-tiny")]
+    for name in ("average_vs_strength.png", "worst_group_vs_strength.png", "accuracy-train_ratio=0.5.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    text = (tmp_path / "results.md").read_text()
+    assert "## train_ratio = 0.9" in text and "in training z = y in 90% of each class" in text
+    for p in tmp_path.rglob("*.safetensors"):  # read back from config.json alone
+        p.unlink()
+    assert main(args) == 0
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert [r["test_accuracy"] for r in again["runs"]] == [r["test_accuracy"] for r in results["runs"]]
+    assert not list(tmp_path.rglob("*.safetensors"))
+
+
+def test_a_published_single_strength_config_reads_back():
+    cfg = preset("fashion-spurious", quick=False)
+    assert cfg.strengths is None and cfg.sweeps() == {"runs": cfg} and cfg.train_ratio() == 0.95
+    assert cfg.fit_config(cfg.models[1], 1000, 0).eval_every == 1  # evaluated every epoch, as published
+
+
+@pytest.mark.parametrize("strengths,message", [(["1.5"], "argument --strengths: must lie in [0, 1], got 1.5"),
+                                               (["0.9", "0.9"], "--strengths must differ from each other")])
+def test_bad_strengths_are_refused_with_one_error_line(tmp_path, capsys, strengths, message):
+    try:
+        code = main(["experiment", "spurious", "--out", str(tmp_path), *TINY, "--strengths", *strengths])
+    except SystemExit as e:  # argparse
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and sum(": error:" in line or line.startswith("error:")
+                                                for line in err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()

@@ -1,7 +1,8 @@
 """Sweeps of vision runs: every model preset x training-set size N x seed on one image data set, trained in parallel
-worker processes (several share a GPU), each run saved in OUT/runs/MODEL/N<N>-seed<S> and resumed or read back when
-the sweep is run again with the same flags (a finished run's config.json alone is enough to read it back). Shared by
-`pmoe experiment image-samples` and `pmoe experiment spurious`. Each run trains with the recipe of its preset
+worker processes (several share a GPU; with device 'auto' and several visible GPUs, the i-th run trains on GPU i
+mod count), each run saved in OUT/runs/MODEL/N<N>-seed<S> and resumed or read back when the sweep is run again with the
+same flags (a finished run's config.json alone is enough to read it back). Shared by `pmoe experiment image-samples`
+and `pmoe experiment spurious`. Each run trains with the recipe of its preset
 (`pmoe.train.recipes`), the sweep's settings changing single fields of it.
 
 Training FLOPs of a run: 3 x the forward FLOPs of one image (matmuls and convolutions, counted by torch's
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from pmoe.analysis.hits import class_patch_hits
@@ -57,8 +59,9 @@ class ImageSweepConfig(RecipeChanges):
     test_samples: int | None = None  # a class-balanced subset of the test split; None: all of it
     seeds: int = 3
     min_steps: int = 0  # a run of N images trains max(epochs, ceil(min_steps / (N // batch_size))) epochs,
-    # evaluated (and checkpointed) about `epochs` times
-    device: str = "auto"
+    # evaluated (and checkpointed) about `evals` times
+    evals: int | None = None  # evaluations (and checkpoints) per run, the last after the last step; None: `epochs`
+    device: str = "auto"  # auto: cuda if available, run i of the sweep on GPU i mod the visible GPUs
 
     def fit_config(self, spec: str, samples: int, seed: int) -> FitConfig:
         """The settings of run (model spec, N, seed): the recipe of the spec's preset with the sweep's fields changed,
@@ -66,7 +69,7 @@ class ImageSweepConfig(RecipeChanges):
         base = recipe_for(parse_model(spec)[0]).fit_config(seed=seed, device=self.device)
         cfg = self.apply(base)
         epochs = max(cfg.epochs, -(-self.min_steps // max(1, samples // cfg.batch_size)))
-        return replace(cfg, epochs=epochs, eval_every=max(1, epochs // cfg.epochs))
+        return replace(cfg, epochs=epochs, eval_every=max(1, epochs // (self.evals or cfg.epochs)))
 
     def data_spec(self, samples: int | None) -> ImageDataSpec:
         return ImageDataSpec(self.data, self.data_dir, samples, self.test_samples, options=dict(self.data_options))
@@ -84,21 +87,24 @@ def add_sweep_args(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--test-samples", type=positive_int, help="a class-balanced subset of the test split")
     p.add_argument("--seeds", type=positive_int, help="seeds per point")
     p.add_argument("--min-steps", type=int, help="optimizer steps per run at least: small N train more epochs "
-                   "(default: the preset's; 0: none)")
+                   "(default: the preset's; 0: none, every run trains --epochs epochs)")
+    p.add_argument("--evals", type=positive_int, help="evaluations and checkpoints per run (default: one per "
+                   "--epochs epoch); fewer train faster, a resumed run repeats at most the epochs since the last")
     g = p.add_argument_group("training: every model's recipe (pmoe.train.recipes) with the experiment's settings; "
                              "each flag changes one field")
     g.add_argument("--epochs", type=positive_int, help="training epochs per run (at least)")
     g.add_argument("--batch-size", type=positive_int)
     g.add_argument("--lr", type=float, help="peak learning rate")
     add_recipe_args(g)
-    p.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--device", help="auto (default: cuda if available, the runs spread over the visible GPUs), "
+                   "cpu, cuda, cuda:N")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="runs trained at once, in worker processes (they share the GPU); default 1")
 
 
 def sweep_config(cfg: ImageSweepConfig, args: argparse.Namespace) -> ImageSweepConfig:
     """`cfg` (a preset) with the fields that `add_sweep_args`' flags give."""
-    names = ("data_dir", "models", "samples", "test_samples", "seeds", "min_steps", "device")
+    names = ("data_dir", "models", "samples", "test_samples", "seeds", "min_steps", "evals", "device")
     return replace(cfg, **given(args, names), **recipe_changes(args))
 
 
@@ -107,15 +113,26 @@ def parse_model(spec: str) -> tuple[str, dict]:
     return parse_spec(spec, sorted(PRESETS), kind="preset")
 
 
-def run_dir(out: Path, spec: str, samples: int, seed: int) -> Path:
-    return out / "runs" / re.sub(r"[^\w.=-]+", "_", spec) / f"N{samples}-seed{seed}"
+def run_dir(runs: Path, spec: str, samples: int, seed: int) -> Path:
+    """The folder of run (spec, N, seed) in the folder of a sweep's runs (OUT/runs)."""
+    return runs / re.sub(r"[^\w.=-]+", "_", spec) / f"N{samples}-seed{seed}"
 
 
-def run_one(cfg: ImageSweepConfig, out: Path, job: tuple[str, int, int]) -> dict:
-    """Train (or resume, or read back) run `job` = (model spec, N, seed); its record."""
-    spec, samples, seed = job
+def spread_device(device: str, i: int) -> str:
+    """The device of a sweep's i-th run: with 'auto' and several visible GPUs, GPU i mod their count (the runs
+    spread over them); else `device`."""
+    count = torch.cuda.device_count() if device == "auto" else 0
+    return f"cuda:{i % count}" if count > 1 else device
+
+
+Job = tuple[str, int, int]  # (model spec, N, seed)
+
+
+def run_one(out: Path, task: tuple[ImageSweepConfig, str, Job]) -> dict:
+    """Train (or resume, or read back) the run of `task` = (sweep, its runs' folder in `out`, job); its record."""
+    cfg, runs, (spec, samples, seed) = task
     name, overrides = parse_model(spec)
-    path, data = run_dir(out, spec, samples, seed), cfg.data_spec(samples)
+    path, data = run_dir(out / runs, spec, samples, seed), cfg.data_spec(samples)
     saved = read_config(path) if finished(path) else {}
     if "result" in saved:  # read back; weights and state need not be there
         r = saved["result"]
@@ -136,10 +153,10 @@ def run_one(cfg: ImageSweepConfig, out: Path, job: tuple[str, int, int]) -> dict
             "dir": str(path.relative_to(out))}  # relative to the report folder
 
 
-def check_finished(cfg: ImageSweepConfig, out: Path, job: tuple[str, int, int], model: nn.Module) -> None:
-    """Refuse a finished run of `job` in `out` made with other fit, data or model settings than `cfg` gives."""
+def check_finished(cfg: ImageSweepConfig, runs: Path, job: Job, model: nn.Module) -> None:
+    """Refuse a finished run of `job` in `runs` made with other fit, data or model settings than `cfg` gives."""
     spec, samples, seed = job
-    path = run_dir(out, spec, samples, seed)
+    path = run_dir(runs, spec, samples, seed)
     if not finished(path):
         return
     saved = read_config(path)
@@ -161,24 +178,36 @@ def build_for_sweep(cfg: ImageSweepConfig, spec: str, test: ImageDataset) -> tup
 
 def run_sweep(cfg: ImageSweepConfig, out_dir: str | Path, workers: int | None = 1,
               progress: bool = True) -> list[dict]:
-    """Every (model, N, seed) run of `cfg` under out_dir/runs, `workers` at a time; their records, each with
-    'train_flops'. Finished runs of other settings are refused before anything trains."""
-    check(cfg.seeds >= 1 and len(cfg.samples) > 0 and len(cfg.models) > 0,
-          "need at least one seed, one sample size and one model")
-    for spec in cfg.models:
-        parse_model(spec)  # refuse a bad spec before building anything
-    test = cfg.data_spec(None).make("test")
-    built = {spec: build_for_sweep(cfg, spec, test) for spec in cfg.models}
-    jobs = [(m, N, seed) for N in cfg.samples for m in cfg.models for seed in range(cfg.seeds)]
-    for job in jobs:
-        check_finished(cfg, Path(out_dir), job, built[job[0]][0])
-    if progress:  # the settings of each model (its epochs at the largest N)
+    """Every (model, N, seed) run of `cfg` under out_dir/runs, `workers` at a time (`run_sweeps`)."""
+    return run_sweeps({"runs": cfg}, out_dir, workers, progress)["runs"]
+
+
+def run_sweeps(sweeps: dict[str, ImageSweepConfig], out_dir: str | Path, workers: int | None = 1,
+               progress: bool = True) -> dict[str, list[dict]]:
+    """Every (model, N, seed) run of every sweep, those of sweep `key` under out_dir/key, all in one pool of `workers`
+    processes; key -> their records, each with 'train_flops' and its folder relative to out_dir. Finished runs of
+    other settings are refused before anything trains."""
+    tasks, flops = [], {}
+    for key, cfg in sweeps.items():
+        check(cfg.seeds >= 1 and len(cfg.samples) > 0 and len(cfg.models) > 0,
+              "need at least one seed, one sample size and one model")
         for spec in cfg.models:
+            parse_model(spec)  # refuse a bad spec before building anything
+        test = cfg.data_spec(None).make("test")
+        built = {spec: build_for_sweep(cfg, spec, test) for spec in cfg.models}
+        flops.update({(key, spec): f for spec, (_, f) in built.items()})
+        for job in [(m, N, seed) for N in cfg.samples for m in cfg.models for seed in range(cfg.seeds)]:
+            check_finished(cfg, Path(out_dir) / key, job, built[job[0]][0])
+            tasks.append((replace(cfg, device=spread_device(cfg.device, len(tasks))), key, job))
+    if progress:  # the settings of each model (its epochs at the largest N)
+        for spec, cfg in {spec: cfg for cfg in sweeps.values() for spec in cfg.models}.items():
             print(f"{spec}: {describe(cfg.fit_config(spec, max(cfg.samples), 0))}", file=sys.stderr)
-    results = parallel_map(partial(run_one, cfg, Path(out_dir)), jobs, workers, progress)
-    for r in results:
-        r["flops_per_image"] = flops = built[r["model"]][1]
-        r["train_flops"] = 3 * flops * r["epochs"] * r["samples"]
+    records = parallel_map(partial(run_one, Path(out_dir)), tasks, workers, progress)
+    results: dict[str, list[dict]] = {key: [] for key in sweeps}
+    for (_, key, _), r in zip(tasks, records):
+        r["flops_per_image"] = f = flops[key, r["model"]]
+        r["train_flops"] = 3 * f * r["epochs"] * r["samples"]
+        results[key].append(r)
     return results
 
 

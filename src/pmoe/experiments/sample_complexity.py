@@ -4,7 +4,10 @@ Two modes:
 * `accuracy` -- test accuracy against the number of training samples N for cnn, pmoe, pmoe-separate
   (the paper's MNIST figure; Fashion-MNIST patch canvases by default).
 * `n-over-l` -- on the theory's synthetic data, the fewest samples each model needs to reach a target test
-  accuracy as the number of patches n grows with l fixed (the theory: CNN ~ n^8, pMoE ~ l^8).
+  accuracy as the number of patches n grows with l fixed (the theory: CNN ~ n^8, pMoE ~ l^8), and the exponent of n
+  fitted to them: least squares of log N-needed on log n, N-needed interpolated in log N where the seeds' median
+  accuracy crosses the target, with a 95% percentile interval from a bootstrap over seeds (`pmoe.analysis.rates`).
+  `--fine`: a finer n and N grid for that fit.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from pmoe.analysis.rates import fit_rate
 from pmoe.errors import check
 from pmoe.experiments.flags import add_out, add_theory_args, add_workers, theory_changes
 from pmoe.experiments.runner import Job, run_jobs
@@ -54,19 +58,29 @@ N_OVER_L = SampleComplexityConfig(mode="n-over-l", data="synthetic", samples=[50
 N_OVER_L_QUICK = SampleComplexityConfig(mode="n-over-l", data="synthetic", samples=[50, 100, 200, 400, 800],
                                         seeds=2, epochs=30, router_epochs=20, test_samples=500,
                                         n_values=[4, 8, 16])
+# For the fitted exponents: N from below pMoE's need to above the CNN's at n = 16, in steps of x1.5 and x1.33.
+FINE = replace(N_OVER_L, n_values=[4, 6, 8, 12, 16, 24, 32], seeds=5,
+               samples=[16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072])
+FINE_QUICK = replace(N_OVER_L_QUICK, n_values=[4, 6, 8, 12, 16], seeds=3, samples=[16, 32, 64, 128, 256, 512, 1024])
+# Table 1's sample complexity in n (l, k fixed): the theory's exponents are upper bounds (sufficient samples).
+THEORY = {"cnn": "n^8 (Ω(n⁸/ε¹⁶))", "pmoe": "n^0 (Ω(k⁴l⁶/ε¹⁶))", "pmoe-separate": "n^0 (Ω(l⁸/ε¹⁶))"}
 
 
-def preset(mode: str, quick: bool) -> SampleComplexityConfig:
+def preset(mode: str, quick: bool, fine: bool = False) -> SampleComplexityConfig:
     check(mode in MODES, f"mode must be 'accuracy' or 'n-over-l', got {mode!r}")
+    check(not fine or mode == "n-over-l", "--fine is a grid of the n-over-l mode: add --mode n-over-l")
     if mode == "accuracy":
         return SampleComplexityConfig(**asdict(QUICK if quick else PAPER))
-    return SampleComplexityConfig(**asdict(N_OVER_L_QUICK if quick else N_OVER_L))
+    return SampleComplexityConfig(**asdict({(False, False): N_OVER_L, (True, False): N_OVER_L_QUICK,
+                                            (False, True): FINE, (True, True): FINE_QUICK}[quick, fine]))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_out(p)
     p.add_argument("--mode", choices=MODES, default="accuracy")
     p.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores instead of the paper's sweep")
+    p.add_argument("--fine", action="store_true", help="n-over-l: the finer grid for the fitted exponents, n 4..32 "
+                   "and N 16..3072, 5 seeds (with --quick: n 4..16, N 16..1024, 3 seeds)")
     add_theory_args(p, data="accuracy mode's data set", samples={"nargs": "+", "help": "the N grid"},
                     seeds="seeds per point", epochs="training epochs per run",
                     models=f"models to compare: {', '.join(THEORY_MODELS)}, each optionally with config overrides, "
@@ -75,7 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config(args: argparse.Namespace) -> SampleComplexityConfig:
-    cfg = preset(args.mode, args.quick)
+    cfg = preset(args.mode, args.quick, args.fine)
     return replace(cfg, **theory_changes(args, cfg.data_options))
 
 
@@ -153,7 +167,36 @@ def _routing_table(samples: list[int], models: list[str], agg: dict[tuple, dict]
             + markdown_table(["N"] + header, rows))
 
 
-def _n_over_l_report(cfg: SampleComplexityConfig, results: list[dict], out: Path) -> str:
+def rates(cfg: SampleComplexityConfig, results: list[dict]) -> dict[str, dict]:
+    """Model spec -> `fit_rate` of its samples needed against n, with Table 1's rate in n ('theory')."""
+    out = {}
+    for m in cfg.models:
+        curves: dict = {}
+        for r in results:
+            if r["spec"] == m:
+                curves.setdefault(r["n"], {}).setdefault(r["samples"], []).append(r["test_accuracy"])
+        out[m] = {**fit_rate(curves, cfg.target), "theory": THEORY[parse_model(m)[0]]}
+    return out
+
+
+def _rates_table(cfg: SampleComplexityConfig, fits: dict[str, dict]) -> str:
+    """Markdown: each model's fitted exponent of n with its interval, its N needed per n, Table 1's rate."""
+    show = lambda v: f"{v:.0f}" if v else "–"  # noqa: E731
+    exp = lambda f: (f"{f['exponent']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]" if f["ci"] else  # noqa: E731
+                     f"{f['exponent']:.2f}" if f["exponent"] is not None else "– (< 2 points in the grid)")
+    rows = [[m, exp(f), f["resamples"], *(show(f["points"][n]) for n in cfg.n_values), f["theory"]]
+            for m, f in fits.items()]
+    return (f"Fitted exponent b of N-needed ~ n^b (least squares of log N on log n over the n whose need lies inside "
+            f"the N grid; N interpolated in log N where the median accuracy over seeds crosses {cfg.target:.0%}), 95% "
+            "percentile "
+            "interval from a bootstrap over seeds (draws kept: those in which every fitted n stays inside the grid); "
+            "Table 1's rates are upper bounds on the samples needed, so a smaller fitted exponent does not "
+            "contradict them, and '–' (outside the grid) leaves an n out of the fit:\n\n"
+            + markdown_table(["model", "exponent b [95% CI]", "draws", *(f"N at n={n}" for n in cfg.n_values),
+                              "Table 1"], rows))
+
+
+def _n_over_l_report(cfg: SampleComplexityConfig, results: list[dict], out: Path, fits: dict[str, dict]) -> str:
     agg = aggregate(results, ("n", "spec", "samples"))
     needed = {m: [] for m in cfg.models}
     for m in cfg.models:
@@ -169,7 +212,8 @@ def _n_over_l_report(cfg: SampleComplexityConfig, results: list[dict], out: Path
                           [[n, f"{n / cfg.l:g}"] + [show(needed[m][i]) for m in cfg.models]
                            for i, n in enumerate(cfg.n_values)])
     rows = [[n, m, N, f"{a['acc'][0]:.3f} ± {a['acc'][1]:.3f}"] for (n, m, N), a in agg.items()]
-    return text + "\nAll runs:\n\n" + markdown_table(["n", "model", "N", "test accuracy"], rows)
+    return (text + "\n" + _rates_table(cfg, fits) + "\nAll runs:\n\n"
+            + markdown_table(["n", "model", "N", "test accuracy"], rows))
 
 
 def run_experiment(cfg: SampleComplexityConfig, out_dir: str | Path, workers: int | None = None,
@@ -179,9 +223,11 @@ def run_experiment(cfg: SampleComplexityConfig, out_dir: str | Path, workers: in
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     results = run_jobs(_jobs(cfg), workers, progress)
-    report = (_accuracy_report if cfg.mode == "accuracy" else _n_over_l_report)(cfg, results, out)
+    fits = rates(cfg, results) if cfg.mode == "n-over-l" else {}
+    report = _n_over_l_report(cfg, results, out, fits) if fits else _accuracy_report(cfg, results, out)
     seconds = round(time.perf_counter() - start, 1)
-    write_json(out / "results.json", {"config": asdict(cfg), "seconds": seconds, "runs": results})
+    write_json(out / "results.json", {"config": asdict(cfg), "seconds": seconds, "runs": results,
+                                      **({"rates": fits} if fits else {})})
     write_text(out / "results.md", f"# Sample complexity ({cfg.mode})\n\n{report}\n\nConfig: `{json.dumps(asdict(cfg))}`"
                                    f"\n\nWall time: {seconds} s.\n")
     return {"mode": cfg.mode, "seconds": seconds, "runs": len(results), "report": report, "out": str(out)}
