@@ -6,12 +6,14 @@ from dataclasses import asdict
 from functools import partial
 
 from pmoe.cli.common import emit, report_output
-from pmoe.experiments import image_samples, pruning_theory, routing_dynamics, sample_complexity, spurious
+from pmoe.experiments import (image_samples, prune_domains, pruning_theory, routing_dynamics, sample_complexity,
+                              spurious)
 from pmoe.experiments.contract import Experiment
 from pmoe.experiments.flags import add_report_args
 
 # The sub-commands, in the order `pmoe experiment --help` lists them.
-EXPERIMENTS: tuple[Experiment, ...] = (sample_complexity, pruning_theory, image_samples, spurious, routing_dynamics)
+EXPERIMENTS: tuple[Experiment, ...] = (sample_complexity, pruning_theory, prune_domains, image_samples, spurious,
+                                      routing_dynamics)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

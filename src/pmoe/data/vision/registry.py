@@ -11,6 +11,7 @@ from pmoe.data.idx import DEFAULT_DATA_DIR
 from pmoe.data.vision.celeba import CelebAConfig, load_celeba
 from pmoe.data.vision.cifar import load_cifar
 from pmoe.data.vision.dataset import ImageDataset
+from pmoe.data.vision.domains import DomainsConfig, load_domains
 from pmoe.data.vision.files import FileImageConfig
 from pmoe.data.vision.folder import ImageFolderConfig, load_image_folder
 from pmoe.data.vision.mnist import CLASSES, CanvasImageConfig, load_canvas_images, load_idx_images
@@ -93,6 +94,7 @@ IMAGE_DATASETS: dict[str, _Spec] = {
         lambda cfg, d, s: load_canvas_images(dataclasses.replace(cfg, data_dir=d), s)), DEFAULT_DATA_DIR),
     "fashion-spurious": _Spec(FashionSpuriousConfig, _fashion_spurious, DEFAULT_DATA_DIR),
     "celeba-spurious": _Spec(CelebASpuriousConfig, _celeba_spurious, f"{DATASETS_ROOT}/celeba"),
+    "domains": _Spec(DomainsConfig, _carved(load_domains), DEFAULT_DATA_DIR),
 }
 
 
