@@ -122,6 +122,28 @@ def test_token_moe_equals_per_token_loop(K, c, group, device):
         assert r.dropped.any()
 
 
+@pytest.mark.parametrize("B,group_images,samples_a_group", [(4, 2, 2), (6, 4, 2), (3, 2, 1), (4, 1, 1)])
+def test_token_moe_routes_groups_of_samples(B, group_images, samples_a_group, device):
+    """Groups of `group_images` samples (of gcd(B, group_images) when B is no multiple) route as groups of that many
+    samples' tokens: the same routing and output as group_size = samples_a_group * n."""
+    torch.manual_seed(2)
+    by_images = TokenMoE(MlpExperts(4, 6, 7), capacity_factor=0.5, noise_std=0.0, router_std=1.0,
+                         group_images=group_images).to(device, D)
+    by_tokens = TokenMoE(MlpExperts(4, 6, 7), capacity_factor=0.5, noise_std=0.0, router_std=1.0,
+                         group_size=samples_a_group * 8).to(device, D)
+    by_tokens.load_state_dict(by_images.state_dict())
+    x = torch.randn(B, 8, 6, dtype=D, device=device)
+    a, b = by_images(x), by_tokens(x)
+    assert a.routing.expert.shape[:2] == (B // samples_a_group, samples_a_group * 8)
+    torch.testing.assert_close(a.output, b.output)
+    torch.testing.assert_close(a.aux_loss, b.aux_loss)
+
+
+def test_token_moe_refuses_both_group_sizes():
+    with pytest.raises(PmoeError, match="give group_size .tokens. or group_images .samples. >= 1, not both"):
+        TokenMoE(MlpExperts(4, 6, 7), group_size=16, group_images=2)
+
+
 @pytest.mark.parametrize("combine", ["sum", "concat"])
 def test_sorted_row_sums_of_large_cuda_layers_equal_the_loop(combine, device, monkeypatch):
     # Large CUDA layers gather by indexing and scatter with index_put_(accumulate=True) (sorted sums, no atomics);

@@ -37,6 +37,7 @@ from pmoe.experiments.prune_domains_report import report
 from pmoe.experiments.runner import parallel_map
 from pmoe.io import write_json, write_text
 from pmoe.models.presets import PRESETS
+from pmoe.models.vit import ViTConfig
 from pmoe.prune.registry import METHODS
 from pmoe.prune.scores import choose_kept, score_experts
 from pmoe.prune.usage import gate_mass, layer_usage
@@ -60,6 +61,10 @@ class PruneDomainsConfig:
     experts: int = 8  # per MoE layer
     # preset fields for every model: MoE in blocks 0 and 2, where tokens still carry their domain's pixel statistics
     model_options: dict = field(default_factory=lambda: {"moe_blocks": [0, 2]})
+    # ViT-MoE's token routing groups (vmoe: 8 images): capacity and balance then act over several images, so an expert
+    # can take the tokens of one domain; with one image a group (the preset's) every image spreads over all experts.
+    # E³ routes per image and member (vmoe's ensemble routing): no option there.
+    group_images: int = 8
     seeds: int = 5
     task: str = "inverted"  # the fine-tuning domain (synthetic: 100% whatever is pruned)
     data: dict = field(default_factory=dict)  # fields of DomainsConfig (train_per_domain, test_per_domain, ...)
@@ -96,6 +101,11 @@ class PruneDomainsConfig:
     def data_spec(self, domain: str | None = None) -> ImageDataSpec:
         """The mixture (None) or one domain alone."""
         return ImageDataSpec("domains", self.data_dir, options=asdict(self.domains_config(domain)))
+
+    def overrides(self, model: str) -> dict:
+        """Preset fields of `model`: the experts, `model_options`, and ViT-MoE's routing groups."""
+        groups = {"group_images": self.group_images} if PRESETS[model].func is ViTConfig else {}
+        return {"experts": self.experts, **groups, **self.model_options}
 
     def fit_config(self, model: str, seed: int, finetune: bool) -> FitConfig:
         """Pretraining (epochs over the mixture) or fine-tuning (finetune_steps at batch 128 at most) settings: the
@@ -140,6 +150,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, help="pretraining epochs over the mixture")
     p.add_argument("--finetune-steps", type=positive_int, help="fine-tuning steps on the task domain")
     p.add_argument("--post-steps", type=int, help="post-pruning fine-tune steps (0: none)")
+    p.add_argument("--group-images", type=positive_int,
+                   help="ViT-MoE's token-routing groups, in images (default 8, vmoe's; 1: the preset's per image)")
     p.add_argument("--methods", nargs="+", metavar="METHOD", help=f"criteria (default: all of {', '.join(METHODS)})")
     p.add_argument("--data-dir", help="Fashion-MNIST IDX folder (default: Debian's)")
     p.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")
@@ -147,7 +159,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config(args: argparse.Namespace) -> PruneDomainsConfig:
-    names = ("models", "seeds", "task", "epochs", "finetune_steps", "post_steps", "methods", "data_dir", "device")
+    names = ("models", "seeds", "task", "epochs", "finetune_steps", "post_steps", "group_images", "methods", "data_dir",
+             "device")
     return replace(QUICK if args.quick else FULL, **given(args, names))
 
 
@@ -216,7 +229,7 @@ def run_unit(cfg: PruneDomainsConfig, out: Path, job: tuple[str, int]) -> dict:
         return rec
     pre, ft, sweep = d / "pre", d / "ft", d / "sweep"
     pre_result = read_config(pre)["result"] if finished(pre) else train_preset(
-        model, cfg.data_spec(), cfg.fit_config(model, seed, False), pre, {"experts": cfg.experts, **cfg.model_options},
+        model, cfg.data_spec(), cfg.fit_config(model, seed, False), pre, cfg.overrides(model),
         resume=(pre / STATE).exists(), progress=False)
     ft_result = read_config(ft)["result"] if finished(ft) else finetune_preset(
         pre, cfg.data_spec(cfg.task), cfg.fit_config(model, seed, True), ft, resume=(ft / STATE).exists(),

@@ -27,6 +27,7 @@ class MoEMlp(nn.Module):
         num_selected: K, experts per token (token) or on average per patch (patch).
         gate: gate mode of patch routing.
         capacity_factor, eval_capacity_factor: token routing buffer sizes.
+        group_images: token routing groups of this many samples (`TokenMoE`; vmoe: 8), else of one.
         ensemble_size: M > 1 routes the token router's experts in M groups (E³, `EnsembleTokenMoE`).
         device, dtype: where and in what type the weights go (timm's factory arguments).
     """
@@ -36,18 +37,22 @@ class MoEMlp(nn.Module):
                  drop: float = 0.0, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  num_experts: int = 8, router: str = "token", num_selected: int = 2,
                  gate: GateMode = "softmax_selected", capacity_factor: float = 1.05,
-                 eval_capacity_factor: float = 1.5, ensemble_size: int = 1) -> None:
+                 eval_capacity_factor: float = 1.5, ensemble_size: int = 1, group_images: int = 1) -> None:
         super().__init__()
         check(router in ("patch", "token"), f"router must be 'patch' or 'token', got {router!r}")
         check(norm_layer is None, "MoEMlp has no inner norm layer; pass norm_layer=None")
         check(ensemble_size == 1 or router == "token",
               f"an ensemble (ensemble_size={ensemble_size}) routes tokens: router must be 'token', got {router!r}")
+        check(group_images == 1 or (router == "token" and ensemble_size == 1),
+              f"group_images={group_images} groups the token router's samples (not the patch router's, whose experts "
+              f"choose per sample, nor E3's, which routes per image and member)")
         experts = MlpExperts(num_experts, in_features, hidden_features or in_features, out_features,
                              act_layer=act_layer, bias=bias, drop=drop)
         if router == "patch":
             self.moe: PatchMoE | TokenMoE = PatchMoE(experts, gate=gate, num_selected=num_selected)
         else:
-            self.moe = TokenMoE(experts, num_selected, capacity_factor, eval_capacity_factor)
+            self.moe = TokenMoE(experts, num_selected, capacity_factor, eval_capacity_factor,
+                                group_images=group_images)
             if ensemble_size > 1:  # after the token layer, as always: a seed gives E³ the same initial weights
                 self.moe = EnsembleTokenMoE(experts, ensemble_size, num_selected, capacity_factor, eval_capacity_factor)
         self.to(device=device, dtype=dtype)

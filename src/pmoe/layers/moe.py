@@ -10,6 +10,8 @@ ones compute: what the others were sent is lost (V-MoE's pruned experts contribu
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -134,20 +136,25 @@ def _expert_rows(index: Tensor, n: int) -> Tensor:
 class TokenMoE(RoutedLayer):
     """V-MoE layer: top-K experts per token, at most `capacity` tokens per expert and group, BPR.
 
-    Tokens are routed in groups of `group_size` (default: the n tokens of one sample). Dropped choices
-    contribute nothing (the block's residual carries the token). Aux loss = w_imp * importance + w_load * load.
+    Tokens are routed in groups: of `group_size` tokens, or of the n tokens of `group_images` samples (vmoe's
+    ViT-MoE: 8 images; a batch of B samples that is no multiple of it routes groups of gcd(B, group_images)), by
+    default of one sample's n tokens. Capacity and the balancing losses act per group: with one sample a group, every
+    sample spreads its tokens over the experts, and no expert can take a kind of samples. Dropped choices contribute
+    nothing (the block's residual carries the token). Aux loss = w_imp * importance + w_load * load.
     """
 
     def __init__(self, experts: nn.Module, num_selected: int = 2, capacity_factor: float = 1.05,
                  eval_capacity_factor: float = 1.5, batch_priority: bool = True, noise_std: float | None = None,
                  group_size: int | None = None, importance_weight: float = 0.005, load_weight: float = 0.005,
-                 router_std: float = 0.02) -> None:
+                 router_std: float = 0.02, *, group_images: int = 1) -> None:
         k = experts.num_experts
         check(1 <= num_selected <= k, f"num_selected must be in 1..{k}, got {num_selected}")
+        check(group_images >= 1 and (group_size is None or group_images == 1),
+              f"give group_size (tokens) or group_images (samples) >= 1, not both; got {group_size}, {group_images}")
         super().__init__(experts, router_std)
         self.num_selected = num_selected
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
-        self.batch_priority, self.group_size = batch_priority, group_size
+        self.batch_priority, self.group_size, self.group_images = batch_priority, group_size, group_images
         self.noise_std = 1.0 / k if noise_std is None else noise_std
         self.importance_weight, self.load_weight = importance_weight, load_weight
 
@@ -155,7 +162,7 @@ class TokenMoE(RoutedLayer):
         """x: (B, n, d) -> routing of G = B*n/group_size groups."""
         check_tokens(x, self.in_features)
         B, n, d = x.shape
-        T = self.group_size or n
+        T = self.group_size or math.gcd(B, self.group_images) * n
         check((B * n) % T == 0, f"group_size={T} must divide the B*n={B * n} tokens")
         logits = self.router(x.reshape(-1, T, d))  # (G, T, k)
         c = self.capacity_factor if self.training else self.eval_capacity_factor

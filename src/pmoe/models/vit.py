@@ -42,6 +42,7 @@ class ViTConfig:
     gate: str = "softmax_selected"  # gate of the patch router
     capacity_factor: float = 1.05  # token router, training
     eval_capacity_factor: float = 1.5  # token router, evaluation
+    group_images: int = 1  # token router: images per routing group, capacity and balance per group (vmoe: 8)
     dropout: float = 0.0  # after the attention projection and inside the FFNs
 
     def __post_init__(self) -> None:
@@ -55,7 +56,7 @@ class ViTConfig:
 
 def validate(cfg: ViTConfig) -> None:
     small = [f"{f}={getattr(cfg, f)}" for f in ("num_classes", "in_channels", "patch_size", "dim", "depth", "heads",
-                                                 "mlp_dim", "experts") if getattr(cfg, f) < 1]
+                                                 "mlp_dim", "experts", "group_images") if getattr(cfg, f) < 1]
     check(not small, f"{', '.join(small)}: must be >= 1")
     check_sizes(cfg.image_size, cfg.input_size)
     check(cfg.image_size % cfg.patch_size == 0,
@@ -146,7 +147,7 @@ class ViT(MoEModel):
         c = self.config
         return partial(MoEMlp, num_experts=c.experts, router=c.router, num_selected=c.num_selected, gate=c.gate,
                        capacity_factor=c.capacity_factor, eval_capacity_factor=c.eval_capacity_factor,
-                       ensemble_size=self.ensemble_size)
+                       ensemble_size=self.ensemble_size, group_images=c.group_images)
 
     def embed(self, images: Tensor) -> Tensor:
         """images (B, C, s, s) -> tokens (B, n, d), cls first."""
