@@ -297,7 +297,7 @@ def test_missing_cifar_batch_and_registry_errors(tmp_path):
     with pytest.raises(PmoeError, match="no val split of its own: set val_fraction"):
         make_image_dataset("cifar10", "val", data_dir=tmp_path)
     assert {"mnist", "fashion-mnist", "cifar10", "cifar100", "celeba", "imagefolder",
-            "fashion-patches-image", "fashion-spurious", "celeba-spurious"} == set(IMAGE_DATASETS)
+            "fashion-patches-image", "fashion-spurious", "celeba-spurious", "domains"} == set(IMAGE_DATASETS)
 
 
 # ---------------------------------------------------------------- splits and subsets
