@@ -14,6 +14,8 @@
 #                     of the tiny pair, 50M training images; about 9 min on 2 H200s)
 #   theory-rates      section 2's fitted exponents on the finer n/l grid (CPU only: 1680 runs, about 3.5 min on 12
 #                     cores of the H200 host; not resumable: it must finish within one call)
+#   prune-domains     section 6 b: pretrain ViT-MoE and E3 on four image domains, fine-tune on one, prune 2..7 of 8
+#                     with every criterion, 5 seeds (about 5 min on one H200 with 4 workers; resumable)
 # wrn-recipe, spurious-full and theory-rates together: about 15 min on 2 H200s (32 cores). A device session's calls
 # last about 10 minutes: run them with LIMIT=560 and call again until every log ends with a summary. The run folders persist only where OUT survives between calls: on a lent machine, an ignored folder
 # of the repository root (e.g. gpu_tmp/repro), kept while the machine stays warm; a fresh machine starts bare, so
@@ -23,7 +25,7 @@
 # GPU of wrn-recipe, 6 of spurious-full; default 4), THEORY_WORKERS (theory-rates' processes; default a third of the
 # cores). Runs as `python3 -m pmoe.cli`: install pmoe or set PYTHONPATH=src.
 set -u
-out=${1:?usage: reproduce_gpu.sh OUT [canvas] [fashion] [spurious] [prune] [wrn-recipe] [spurious-full] [theory-rates]}
+out=${1:?usage: reproduce_gpu.sh OUT [canvas] [fashion] [spurious] [prune] [wrn-recipe] [spurious-full] [theory-rates] [prune-domains]}
 shift
 parts=${*:-canvas fashion spurious prune}
 deadline=$((SECONDS + ${LIMIT:-0}))
@@ -53,6 +55,8 @@ has spurious-full && pmoe experiment spurious --samples 1000 4000 8000 12000 --s
 has theory-rates && pmoe experiment sample-complexity --mode n-over-l --fine \
     --workers "${THEORY_WORKERS:-$(( ($(nproc) + 2) / 3 ))}" --out "$out/sample-complexity-rates" \
     >"$out/sample-complexity-rates.log" 2>&1 &
+has prune-domains && pmoe experiment prune-domains --workers $((per_gpu * gpus)) --out "$out/prune-domains" \
+    >"$out/prune-domains.log" 2>&1 &
 # Section 6: pretrain on the 10 classes with 8 experts per MoE layer; fine-tune on each task of TASKS (tops: Coat,
 # Shirt vs T-shirt/top, Pullover; footwear: Sandal, Sneaker, Ankle boot); prune 2, 4 and 6 of the 8 experts per layer
 # with every criterion, before and after a 200-step fine-tune (the pruning paper's: SGD lr 0.01, momentum 0.9, no

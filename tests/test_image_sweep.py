@@ -9,8 +9,8 @@ from pmoe.cli import build_parser, main
 from pmoe.errors import PmoeError
 from pmoe.experiments import image_samples
 from pmoe.experiments.image_samples import CANVAS, preset
-from pmoe.experiments.image_sweep import ImageSweepConfig, build_for_sweep, run_sweep, spread_device
-from pmoe.experiments.runner import parallel_map
+from pmoe.experiments.image_sweep import ImageSweepConfig, build_for_sweep, run_sweep
+from pmoe.experiments.runner import parallel_map, spread_device
 
 TINY = ["--quick", "--samples", "64", "128", "--test-samples", "100", "--seeds", "1", "--epochs", "1",
         "--min-steps", "0", "--json"]

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from pmoe.analysis.hits import class_patch_hits
@@ -28,7 +27,7 @@ from pmoe.checkpoints import CONFIG, load_checkpoint, read_config
 from pmoe.data.vision import ImageDataset
 from pmoe.errors import check
 from pmoe.experiments.flags import add_out, add_recipe_args, given, positive_int, recipe_changes
-from pmoe.experiments.runner import parallel_map
+from pmoe.experiments.runner import parallel_map, spread_device
 from pmoe.io import write_json
 from pmoe.models.presets import PRESETS
 from pmoe.options import parse_spec
@@ -116,13 +115,6 @@ def parse_model(spec: str) -> tuple[str, dict]:
 def run_dir(runs: Path, spec: str, samples: int, seed: int) -> Path:
     """The folder of run (spec, N, seed) in the folder of a sweep's runs (OUT/runs)."""
     return runs / re.sub(r"[^\w.=-]+", "_", spec) / f"N{samples}-seed{seed}"
-
-
-def spread_device(device: str, i: int) -> str:
-    """The device of a sweep's i-th run: with 'auto' and several visible GPUs, GPU i mod their count (the runs
-    spread over them); else `device`."""
-    count = torch.cuda.device_count() if device == "auto" else 0
-    return f"cuda:{i % count}" if count > 1 else device
 
 
 Job = tuple[str, int, int]  # (model spec, N, seed)

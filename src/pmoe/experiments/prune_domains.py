@@ -13,8 +13,8 @@ synthetic patterns; 28x28, each domain its own labels). For every model (8 exper
    and after `post_steps` steps of post-pruning fine-tune (the paper's official: SGD lr 0.01, momentum 0.9, no weight
    decay, clipping at 10); and how many of each criterion's kept experts are the task domain's most used ones.
 Mean ± std over seeds per (model, criterion, pruned count). Every (model, seed) pipeline runs in a worker process
-(they share a GPU), in OUT/runs/MODEL/seed<S> (pre/, ft/, sweep/, unit.json); a re-run with the same flags resumes
-or reads back each stage.
+(they share a GPU; with device auto they spread over the visible GPUs), in OUT/runs/MODEL/seed<S> (pre/, ft/, sweep/,
+unit.json); a re-run with the same flags resumes or reads back each stage.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from pmoe.data.vision.domains import DOMAINS, DomainsConfig
 from pmoe.errors import check
 from pmoe.experiments.flags import add_out, add_workers, given, positive_int
 from pmoe.experiments.prune_domains_report import report
-from pmoe.experiments.runner import parallel_map
+from pmoe.experiments.runner import parallel_map, spread_device
 from pmoe.io import write_json, write_text
 from pmoe.models.presets import PRESETS
 from pmoe.models.vit import ViTConfig
@@ -218,9 +218,10 @@ def overlaps(cfg: PruneDomainsConfig, pre: nn.Module, spec: dict, points: list[d
     return out
 
 
-def run_unit(cfg: PruneDomainsConfig, out: Path, job: tuple[str, int]) -> dict:
-    """Pretrain, fine-tune, measure and prune-sweep one (model, seed), each stage resumed or read back; its record."""
-    model, seed = job
+def run_unit(out: Path, task: tuple[PruneDomainsConfig, tuple[str, int]]) -> dict:
+    """Pretrain, fine-tune, measure and prune-sweep one (model, seed) of `task` = (config, (model, seed)), each stage
+    resumed or read back; its record."""
+    cfg, (model, seed) = task
     d = unit_dir(out, model, seed)
     if (d / "unit.json").is_file():
         rec = json.loads((d / "unit.json").read_text())
@@ -258,7 +259,8 @@ def run_experiment(cfg: PruneDomainsConfig, out_dir: str | Path, workers: int | 
     """Every (model, seed) pipeline (`workers` at a time); results.json, PNG plots and results.md in out_dir."""
     out, start = Path(out_dir), time.perf_counter()
     jobs = [(m, s) for m in cfg.models for s in range(cfg.seeds)]
-    runs = parallel_map(partial(run_unit, cfg, out), jobs, workers, progress, desc="pipelines")
+    tasks = [(replace(cfg, device=spread_device(cfg.device, i)), job) for i, job in enumerate(jobs)]  # over the GPUs
+    runs = parallel_map(partial(run_unit, out), tasks, workers, progress, desc="pipelines")
     text = report(cfg, runs, out)
     seconds = round(time.perf_counter() - start, 1)
     write_json(out / "results.json", {"config": asdict(cfg), "seconds": seconds, "runs": runs})

@@ -60,6 +60,13 @@ def parallel_map(fn: Callable[[T], dict], items: Sequence[T], workers: int | Non
     return results
 
 
+def spread_device(device: str, i: int) -> str:
+    """The device of a sweep's i-th run: with 'auto' and several visible GPUs, GPU i mod their count (the runs
+    spread over them); else `device`."""
+    count = torch.cuda.device_count() if device == "auto" else 0
+    return f"cuda:{i % count}" if count > 1 else device
+
+
 def run_jobs(jobs: list[Job], workers: int | None = None, progress: bool = True) -> list[dict]:
     """Results of the theory runs `jobs`, in order, over `workers` processes (default: CPU cores)."""
     return parallel_map(_work, jobs, workers, progress)
