@@ -120,7 +120,7 @@ def straightforward(layer: PatchMoE) -> tuple[Callable[[Tensor], Tensor], list[T
 
 
 def variants(s: Size, device: torch.device, dtype: torch.dtype, weights: torch.dtype, bias: bool,
-             compile_: bool) -> tuple[dict, list[Tensor]]:
+             compile_: str | None) -> tuple[dict, list[Tensor]]:
     """name -> (forward fn of x, expert-matmul FLOPs of one forward); and the tensors whose grads to drop."""
     torch.manual_seed(0)
     experts = MlpExperts(s.k, s.d, s.h, s.d, bias=bias).to(device, weights)
@@ -135,7 +135,7 @@ def variants(s: Size, device: torch.device, dtype: torch.dtype, weights: torch.d
     xe_patch = torch.randn(s.k, s.B * s.l, s.d, device=device, dtype=weights, requires_grad=True)
     xe_token = torch.randn(s.k, G * C, s.d, device=device, dtype=weights, requires_grad=True)
     xe_patch_c, xe_token_c = (t.detach().to(dtype).requires_grad_() for t in (xe_patch, xe_token))
-    maybe = (lambda f: torch.compile(f, fullgraph=True, dynamic=False)) if compile_ else (lambda f: f)
+    maybe = (lambda f: torch.compile(f, fullgraph=True, dynamic=False, mode=compile_)) if compile_ else (lambda f: f)
     w1, w2 = (w.detach().transpose(1, 2).contiguous().to(dtype).requires_grad_() for w in (experts.w1, experts.w2))
 
     def bare(xe):  # the two expert matmuls alone, already in the compute dtype
@@ -182,7 +182,7 @@ def top_ops(fn: Callable[[], None], device: torch.device, steps: int = 5) -> lis
 
 
 def bench(name: str, s: Size, device: torch.device, dtype: torch.dtype, weights: torch.dtype, bias: bool,
-          compile_: bool, reps: int, only: list[str] | None, profiled: list[str]) -> list[dict]:
+          compile_: str | None, reps: int, only: list[str] | None, profiled: list[str]) -> list[dict]:
     torch._dynamo.reset()  # each size compiles afresh, with static shapes
     fns, params = variants(s, device, dtype, weights, bias, compile_)
     x = torch.randn(s.B, s.n, s.d, device=device, dtype=weights, requires_grad=True)
@@ -242,8 +242,9 @@ def main() -> None:
     p.add_argument("--weights", default="float32", choices=["float32", "bfloat16"],
                    help="weights and inputs; autocast to --dtype where they differ")
     p.add_argument("--no-bias", dest="bias", action="store_false", help="experts and dense MLP without biases")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile(fullgraph=True, dynamic=False) every variant but the loop")
+    p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
+                   help="torch.compile(fullgraph=True, dynamic=False, mode=MODE) every variant but the loop (MODE: "
+                        "default, max-autotune, ...; Inductor's max-autotune can fuse epilogues into GEMM templates)")
     p.add_argument("--variants", nargs="+", help="time only these (and the bare matmuls, the floors)")
     p.add_argument("--profile", nargs="*", default=[], metavar="VARIANT", help="add these variants' top ops")
     p.add_argument("--sorted-min", type=int, metavar="ELEMENTS",
@@ -258,7 +259,8 @@ def main() -> None:
     device, dtype, weights = torch.device(args.device), getattr(torch, args.dtype), getattr(torch, args.weights)
     env = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
            "threads": torch.get_num_threads(), "dtype": args.dtype, "weights": args.weights, "bias": args.bias,
-           "compile": args.compile, "sorted_min": moe_module.SORTED_SCATTER_MIN, "torch": torch.__version__, "python": platform.python_version(),
+           "compile": args.compile, "sorted_min": moe_module.SORTED_SCATTER_MIN, "torch": torch.__version__,
+           "python": platform.python_version(),
            "matmul_tflops": matmul_rate(device, dtype, args.reps)}
     rows: list[dict] = []
     for name in args.sizes:  # the report is rewritten after every size: a run cut short keeps what it measured

@@ -31,11 +31,11 @@ VARIANTS = {
 
 
 def images_per_second(name: str, overrides: dict, batch: int, steps: int, device: torch.device,
-                      compile_: bool, image_size: int) -> float:
+                      compile_: str | None, image_size: int) -> float:
     torch.manual_seed(0)
     model = build_preset(name, image_size=image_size, num_classes=1000, **overrides).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    fwd = torch.compile(model) if compile_ else model
+    fwd = torch.compile(model, mode=compile_) if compile_ else model
     x = torch.randn(batch, 3, image_size, image_size, device=device)
     y = torch.randint(1000, (batch,), device=device)
 
@@ -66,7 +66,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
+                   help="torch.compile(model, mode=MODE) (default, max-autotune, ...)")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="VARIANT")
     p.add_argument("--out", default="benchmarks/results/vit_training")
     args = p.parse_args()
