@@ -281,6 +281,7 @@ def test_one_process_refuses_expert_parallelism_and_fsdp():
     ("4", ["--expert-parallel", "3"], "--expert-parallel 3 must divide the number of processes, 4"),
     ("1", ["--fsdp"], "--fsdp shards the dense weights over the processes of torchrun, but this is one process"),
     ("2", ["--overwrite"], "--overwrite under torchrun: every process would stage its own copy of --out"),
+    ("2", ["--compile"], "--compile trains in one process only: torchrun runs are not compiled"),
 ])
 def test_the_cli_refuses_a_wrong_layout_before_reading_data(tmp_path, monkeypatch, capsys, world, flags, words):
     monkeypatch.setenv("WORLD_SIZE", world)  # as torchrun sets it; the process group is joined later, in fit

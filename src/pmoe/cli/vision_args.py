@@ -19,7 +19,7 @@ from pmoe.train.recipes import Recipe, describe, override
 # Dests of the flags below (for refusing them with a theory model) and of the theory-only flags of `common`.
 VISION_FLAGS = ("optimizer", "momentum", "weight_decay", "warmup_steps", "schedule", "clip_norm", "max_steps",
                 "augment", "no_augment", "no_bf16", "device", "workers", "eval_batch_size", "data_opt", "resume",
-                "expert_parallel", "fsdp")
+                "expert_parallel", "fsdp", "compile")
 THEORY_FLAGS = ("n", "d", "noise", "similarity", "num_irrelevant", "router_epochs", "classes", "grid", "test_data")
 
 
@@ -40,6 +40,8 @@ def add_vision_args(p: argparse.ArgumentParser) -> None:
                    "experts out over groups of E processes (E divides the processes and the experts; default: 1)")
     g.add_argument("--fsdp", action="store_true", help="under torchrun: shard the dense weights over the processes "
                    "with FSDP2 (default: a whole copy on each, kept in step by DDP)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the training step's forward and loss (one "
+                   "process; the first steps compile, then steps run faster, on GPUs most)")
 
 
 def fit_config(args: argparse.Namespace, recipe: Recipe) -> FitConfig:
@@ -48,8 +50,11 @@ def fit_config(args: argparse.Namespace, recipe: Recipe) -> FitConfig:
     runtime = dict(max_steps=args.max_steps, bf16=not args.no_bf16, seed=args.seed, device=args.device or d.device,
                    eval_batch_size=pick(args.eval_batch_size, d.eval_batch_size),
                    num_workers=pick(args.workers, d.num_workers), eval_every=pick(args.eval_every, d.eval_every),
-                   expert_parallel=pick(args.expert_parallel, d.expert_parallel), fsdp=args.fsdp)
+                   expert_parallel=pick(args.expert_parallel, d.expert_parallel), fsdp=args.fsdp,
+                   compile=args.compile)
     check_layout(runtime["expert_parallel"], args.fsdp, world_size())  # before the data are read
+    check(world_size() == 1 or not args.compile, "--compile trains in one process only: torchrun runs are not "
+                                                 "compiled; leave --compile out")
     check(world_size() == 1 or not args.overwrite, "--overwrite under torchrun: every process would stage its own "
                                                    "copy of --out; remove the folder first, or train into a new one")
     cfg = override(recipe.fit_config(**runtime), **recipe_changes(args))

@@ -38,7 +38,7 @@ from pmoe.train.state import (DCP_STATE, STATE, as_json, cpu_state, differences,
                               set_rng_states, stream_seed)
 
 # FitConfig fields a resumed run may change (another device, or another layout of processes)
-RUNTIME_FIELDS = ("device", "eval_batch_size", "num_workers", "eval_every", "expert_parallel", "fsdp")
+RUNTIME_FIELDS = ("device", "eval_batch_size", "num_workers", "eval_every", "expert_parallel", "fsdp", "compile")
 RESERVED = ("format", "version", "arch", "model", "fit", "progress")  # config.json sections fit writes itself
 
 
@@ -59,6 +59,7 @@ class FitConfig:
     recipe: str | None = None  # the recipe these settings start from (pmoe.train.recipes); None: set by hand
     expert_parallel: int = 1  # under torchrun: each MoE layer's experts shared out over groups of this many ranks
     fsdp: bool = False  # under torchrun: dense weights sharded over the ranks by FSDP2 (else replicated by DDP)
+    compile: bool = False  # torch.compile the training step's forward and loss (one process; evaluation stays eager)
 
     def __post_init__(self) -> None:
         if isinstance(self.optim, dict):  # as read back from config.json
@@ -124,6 +125,8 @@ class Session:
         self.model = self._place(model)  # the module that trains
         self.objective = Objective(self.model)
         self.net = self._wrap(self.objective)  # what a training step calls
+        if cfg.compile:
+            self.net = torch.compile(self.net)
         self.opt = make_optimizer(self.model, cfg.optim)
         self.total = cfg.total_steps(len(train_ds))
         self.sched = make_scheduler(self.opt, cfg.optim, self.total)
@@ -306,6 +309,7 @@ def _session(model: nn.Module, train_ds: ImageDataset, cfg: FitConfig) -> Sessio
     par = init_parallel(cfg.expert_parallel, cfg.fsdp, device)
     if par is None:
         return Session(model, train_ds, cfg, device)
+    check(not cfg.compile, "compile=True (--compile) trains in one process only: torchrun runs are not compiled")
     from pmoe.train.distributed.session import RankSession  # DTensor, FSDP2, DCP: imported for torchrun runs only
 
     return RankSession(model, train_ds, cfg, par)
