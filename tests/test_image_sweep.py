@@ -102,6 +102,8 @@ def test_paper_recipe_is_50_epochs_without_augmentation_and_few_evaluations():
     assert (fit.epochs, fit.eval_every, fit.augment, fit.batch_size) == (50, 10, False, 128)
     evals = image_samples.config(build_parser().parse_args(args + ["--evals", "2", "--data", "mnist"]))
     assert (evals.data, evals.fit_config("wrn-cifar", 16000, 0).eval_every) == ("mnist", 25)
+    assert not fit.compile and image_samples.config(build_parser().parse_args(args + ["--compile"])).fit_config(
+        "wrn-cifar", 2000, 0).compile
 
 
 def test_match_line_takes_the_smallest_n_and_says_when_none():

@@ -61,11 +61,12 @@ class ImageSweepConfig(RecipeChanges):
     # evaluated (and checkpointed) about `evals` times
     evals: int | None = None  # evaluations (and checkpoints) per run, the last after the last step; None: `epochs`
     device: str = "auto"  # auto: cuda if available, run i of the sweep on GPU i mod the visible GPUs
+    compile: bool = False  # torch.compile every run's training step (runtime: finished runs read back either way)
 
     def fit_config(self, spec: str, samples: int, seed: int) -> FitConfig:
         """The settings of run (model spec, N, seed): the recipe of the spec's preset with the sweep's fields changed,
         for at least `min_steps` steps."""
-        base = recipe_for(parse_model(spec)[0]).fit_config(seed=seed, device=self.device)
+        base = recipe_for(parse_model(spec)[0]).fit_config(seed=seed, device=self.device, compile=self.compile)
         cfg = self.apply(base)
         epochs = max(cfg.epochs, -(-self.min_steps // max(1, samples // cfg.batch_size)))
         return replace(cfg, epochs=epochs, eval_every=max(1, epochs // (self.evals or cfg.epochs)))
@@ -97,13 +98,15 @@ def add_sweep_args(p: argparse.ArgumentParser, data_help: str) -> None:
     add_recipe_args(g)
     p.add_argument("--device", help="auto (default: cuda if available, the runs spread over the visible GPUs), "
                    "cpu, cuda, cuda:N")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile every run's training step (pmoe train --compile)")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="runs trained at once, in worker processes (they share the GPU); default 1")
 
 
 def sweep_config(cfg: ImageSweepConfig, args: argparse.Namespace) -> ImageSweepConfig:
     """`cfg` (a preset) with the fields that `add_sweep_args`' flags give."""
-    names = ("data_dir", "models", "samples", "test_samples", "seeds", "min_steps", "evals", "device")
+    names = ("data_dir", "models", "samples", "test_samples", "seeds", "min_steps", "evals", "device", "compile")
     return replace(cfg, **given(args, names), **recipe_changes(args))
 
 
