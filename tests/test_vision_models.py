@@ -192,16 +192,24 @@ def test_e3_member_only_depends_on_its_own_experts():
 
 
 @pytest.mark.parametrize("member", [0, 1])
-def test_e3_member_equals_vit_moe_made_of_its_group(member):
-    cfg, e3 = e3_tiny()
+@pytest.mark.parametrize("group_images,batch", [(1, 3), (2, 4), (4, 6)])  # 4 of 6 images: groups of gcd(6, 4) = 2
+def test_e3_member_equals_vit_moe_made_of_its_group(member, group_images, batch):
+    """Member m of E³ is a ViT-MoE of group m's experts, its routing groups of images the same (capacity 0.6 of the
+    tokens' choices: groups of several images route otherwise than single ones)."""
+    opts = {"group_images": group_images, "eval_capacity_factor": 0.6}
+    cfg, e3 = e3_tiny(**opts)
     e3.eval()
     e = cfg.experts // cfg.ensemble_size
     fields = {k: v for k, v in asdict(cfg).items() if k != "ensemble_size"}
     vit = ViT(ViTConfig(**{**fields, "experts": e})).eval()
     state = {k: v[member * e:(member + 1) * e] if ".mlp.moe." in k else v for k, v in e3.state_dict().items()}
     vit.load_state_dict(state)
-    x = images(cfg, batch=3)
+    x = images(cfg, batch=batch)
     torch.testing.assert_close(e3.forward_members(x)[:, member], vit(x))
+    if group_images > 1:  # and differently from groups of one image
+        _, single = e3_tiny(eval_capacity_factor=0.6)
+        single.load_state_dict(e3.state_dict())
+        assert not torch.allclose(single.eval().forward_members(x)[:, member], vit(x))
 
 
 def test_e3_output_averages_member_probabilities():

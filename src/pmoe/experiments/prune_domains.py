@@ -61,9 +61,9 @@ class PruneDomainsConfig:
     experts: int = 8  # per MoE layer
     # preset fields for every model: MoE in blocks 0 and 2, where tokens still carry their domain's pixel statistics
     model_options: dict = field(default_factory=lambda: {"moe_blocks": [0, 2]})
-    # ViT-MoE's token routing groups (vmoe: 8 images): capacity and balance then act over several images, so an expert
-    # can take the tokens of one domain; with one image a group (the preset's) every image spreads over all experts.
-    # E³ routes per image and member (vmoe's ensemble routing): no option there.
+    # token routing groups (vmoe: 8 images; E³: per member): capacity and balance then act over several images, so an
+    # expert can take the tokens of one domain; with one image a group (the presets') every image spreads over all
+    # experts
     group_images: int = 8
     seeds: int = 5
     task: str = "inverted"  # the fine-tuning domain (synthetic: 100% whatever is pruned)
@@ -103,8 +103,8 @@ class PruneDomainsConfig:
         return ImageDataSpec("domains", self.data_dir, options=asdict(self.domains_config(domain)))
 
     def overrides(self, model: str) -> dict:
-        """Preset fields of `model`: the experts, `model_options`, and ViT-MoE's routing groups."""
-        groups = {"group_images": self.group_images} if PRESETS[model].func is ViTConfig else {}
+        """Preset fields of `model`: the experts, `model_options`, and the routing groups of ViT-MoE and E³."""
+        groups = {"group_images": self.group_images} if issubclass(PRESETS[model].func, ViTConfig) else {}
         return {"experts": self.experts, **groups, **self.model_options}
 
     def fit_config(self, model: str, seed: int, finetune: bool) -> FitConfig:
@@ -151,7 +151,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-steps", type=positive_int, help="fine-tuning steps on the task domain")
     p.add_argument("--post-steps", type=int, help="post-pruning fine-tune steps (0: none)")
     p.add_argument("--group-images", type=positive_int,
-                   help="ViT-MoE's token-routing groups, in images (default 8, vmoe's; 1: the preset's per image)")
+                   help="token-routing groups of ViT-MoE and E3, in images (default 8, vmoe's; 1: the presets' per "
+                        "image)")
     p.add_argument("--methods", nargs="+", metavar="METHOD", help=f"criteria (default: all of {', '.join(METHODS)})")
     p.add_argument("--data-dir", help="Fashion-MNIST IDX folder (default: Debian's)")
     p.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")

@@ -27,7 +27,7 @@ class MoEMlp(nn.Module):
         num_selected: K, experts per token (token) or on average per patch (patch).
         gate: gate mode of patch routing.
         capacity_factor, eval_capacity_factor: token routing buffer sizes.
-        group_images: token routing groups of this many samples (`TokenMoE`; vmoe: 8), else of one.
+        group_images: token routing groups of this many samples (`TokenMoE`, E³ per member; vmoe: 8), else of one.
         ensemble_size: M > 1 routes the token router's experts in M groups (E³, `EnsembleTokenMoE`).
         device, dtype: where and in what type the weights go (timm's factory arguments).
     """
@@ -43,9 +43,9 @@ class MoEMlp(nn.Module):
         check(norm_layer is None, "MoEMlp has no inner norm layer; pass norm_layer=None")
         check(ensemble_size == 1 or router == "token",
               f"an ensemble (ensemble_size={ensemble_size}) routes tokens: router must be 'token', got {router!r}")
-        check(group_images == 1 or (router == "token" and ensemble_size == 1),
+        check(group_images == 1 or router == "token",
               f"group_images={group_images} groups the token router's samples (not the patch router's, whose experts "
-              f"choose per sample, nor E3's, which routes per image and member)")
+              f"choose per sample)")
         experts = MlpExperts(num_experts, in_features, hidden_features or in_features, out_features,
                              act_layer=act_layer, bias=bias, drop=drop)
         if router == "patch":
@@ -54,7 +54,8 @@ class MoEMlp(nn.Module):
             self.moe = TokenMoE(experts, num_selected, capacity_factor, eval_capacity_factor,
                                 group_images=group_images)
             if ensemble_size > 1:  # after the token layer, as always: a seed gives E³ the same initial weights
-                self.moe = EnsembleTokenMoE(experts, ensemble_size, num_selected, capacity_factor, eval_capacity_factor)
+                self.moe = EnsembleTokenMoE(experts, ensemble_size, num_selected, capacity_factor, eval_capacity_factor,
+                                            group_images=group_images)
         self.to(device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
