@@ -67,6 +67,11 @@ LAYERS: dict[str, Callable[[], RoutedLayer]] = {
     "patch-dense": lambda: PatchMoE(MlpExperts(8, 6, 10), l=2, dispatch="dense"),
     "token": lambda: TokenMoE(MlpExperts(8, 6, 10), num_selected=2, noise_std=0.0),
     "e3": lambda: EnsembleTokenMoE(MlpExperts(8, 6, 10), ensemble_size=2, noise_std=0.0),
+    # routing groups of 2 images: a rank's 2 samples form a group, as in the whole batch
+    "token-groups": lambda: TokenMoE(MlpExperts(8, 6, 10), num_selected=2, noise_std=0.0, capacity_factor=0.5,
+                                     group_images=2),
+    "e3-groups": lambda: EnsembleTokenMoE(MlpExperts(8, 6, 10), ensemble_size=2, noise_std=0.0, capacity_factor=0.5,
+                                          group_images=2),
     "patch-pruned": lambda: pruned(PatchMoE(MlpExperts(8, 6, 10), l=2), [0, 2, 5, 7]),
     "token-pruned": lambda: pruned(TokenMoE(MlpExperts(8, 6, 10), num_selected=2, noise_std=0.0), [1, 2, 4, 6]),
     "wrn-conv": lambda: PatchMoE(ConvExperts(4, 2, 3, (2, 2), preact=True), l=2, combine="concat"),
