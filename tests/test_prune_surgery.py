@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-import pmoe.layers.ensemble as e3moe
+import pmoe.layers.moe as moe_layers
 from pmoe.checkpoints import load_checkpoint, save_checkpoint
 from pmoe.errors import PmoeError
 from pmoe.layers import TokenMoE
@@ -100,7 +100,7 @@ def test_truncate_e3_routes_each_member_over_its_kept_experts(monkeypatch):
         logits[..., gone] = float("-inf")
         return token_choice(logits, num_selected, capacity_factor * 2, *args)  # capacity of E/M = 1 expert
 
-    monkeypatch.setattr(e3moe, "token_choice", masked)
+    monkeypatch.setattr(moe_layers, "token_choice", masked)  # E³ chooses through TokenMoE.choose
     assert_close(m(x), expected)
 
 

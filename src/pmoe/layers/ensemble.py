@@ -6,14 +6,12 @@ Group m = experts m*E/M .. (m+1)*E/M - 1, its router the rows of group m of the 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from pmoe.errors import check
 from pmoe.layers.moe import TokenMoE
-from pmoe.layers.routing import TokenRouting, token_choice
+from pmoe.layers.routing import TokenRouting
 
 
 class EnsembleTokenMoE(TokenMoE):
@@ -45,14 +43,12 @@ class EnsembleTokenMoE(TokenMoE):
               f"ensemble MoE input must be (B*M, n, d={d}) with M={M}, got shape {tuple(x.shape)}")
         BM, n, _ = x.shape
         B, e = BM // M, E // M
-        g = math.gcd(B, self.group_images)
+        g = self.images_per_group(B)
         w = self.router.weight.view(M, e, d)  # (M, E/M, d): group m's router
         logits = torch.einsum("bmnd,med->bmne", x.reshape(B, M, n, d), w)  # (B, M, n, E/M)
-        c = self.capacity_factor if self.training else self.eval_capacity_factor
-        noise = self.noise_std if self.training else 0.0
         # routing groups, one per (g images, member): (B/g, g, M, n, e) -> (B/g * M, g*n, e)
         grouped = logits.view(B // g, g, M, n, e).transpose(1, 2).reshape(B // g * M, g * n, e)
-        r = token_choice(grouped, self.num_selected, c, self.batch_priority, noise)  # local ids
+        r = self.choose(grouped)  # local ids
         first = (torch.arange(B // g * M, device=x.device) % M).view(-1, 1, 1) * e  # each group's first expert
         expert, slot, gates, dropped = (  # back to x's order: (B/g, M, g, n, K) -> (B/g, g*M*n, K)
             t.view(B // g, M, g, n, -1).transpose(1, 2).reshape(B // g, g * M * n, -1)

@@ -162,9 +162,16 @@ class TokenMoE(RoutedLayer):
         """x: (B, n, d) -> routing of G = B*n/group_size groups."""
         check_tokens(x, self.in_features)
         B, n, d = x.shape
-        T = self.group_size or math.gcd(B, self.group_images) * n
+        T = self.group_size or self.images_per_group(B) * n
         check((B * n) % T == 0, f"group_size={T} must divide the B*n={B * n} tokens")
-        logits = self.router(x.reshape(-1, T, d))  # (G, T, k)
+        return self.choose(self.router(x.reshape(-1, T, d)))  # logits (G, T, k)
+
+    def images_per_group(self, B: int) -> int:
+        """Samples of a routing group in a batch of B: group_images, or gcd(B, group_images) if B is no multiple."""
+        return math.gcd(B, self.group_images)
+
+    def choose(self, logits: Tensor) -> TokenRouting:
+        """Token choice of router logits (G, T, k) with this mode's capacity and noise (training or evaluation)."""
         c = self.capacity_factor if self.training else self.eval_capacity_factor
         noise = self.noise_std if self.training else 0.0
         return token_choice(logits, self.num_selected, c, self.batch_priority, noise)
