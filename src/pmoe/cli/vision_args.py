@@ -52,9 +52,7 @@ def fit_config(args: argparse.Namespace, recipe: Recipe) -> FitConfig:
                    num_workers=pick(args.workers, d.num_workers), eval_every=pick(args.eval_every, d.eval_every),
                    expert_parallel=pick(args.expert_parallel, d.expert_parallel), fsdp=args.fsdp,
                    compile=args.compile)
-    check_layout(runtime["expert_parallel"], args.fsdp, world_size())  # before the data are read
-    check(world_size() == 1 or not args.compile, "--compile trains in one process only: torchrun runs are not "
-                                                 "compiled; leave --compile out")
+    check_layout(runtime["expert_parallel"], args.fsdp, world_size(), args.compile)  # before the data are read
     check(world_size() == 1 or not args.overwrite, "--overwrite under torchrun: every process would stage its own "
                                                    "copy of --out; remove the folder first, or train into a new one")
     cfg = override(recipe.fit_config(**runtime), **recipe_changes(args))

@@ -306,10 +306,9 @@ def fit(model: nn.Module, train_ds: ImageDataset, eval_ds: ImageDataset | None, 
 def _session(model: nn.Module, train_ds: ImageDataset, cfg: FitConfig) -> Session:
     """The session of this process: of one rank of the run when torchrun started several (`pmoe.train.distributed`)."""
     device = resolve_device(cfg.device)
-    par = init_parallel(cfg.expert_parallel, cfg.fsdp, device)
+    par = init_parallel(cfg.expert_parallel, cfg.fsdp, device, cfg.compile)
     if par is None:
         return Session(model, train_ds, cfg, device)
-    check(not cfg.compile, "compile=True (--compile) trains in one process only: torchrun runs are not compiled")
     from pmoe.train.distributed.session import RankSession  # DTensor, FSDP2, DCP: imported for torchrun runs only
 
     return RankSession(model, train_ds, cfg, par)

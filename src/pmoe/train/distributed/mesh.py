@@ -73,22 +73,25 @@ def is_main_process() -> bool:
     return (dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))) == 0
 
 
-def check_layout(expert_parallel: int, fsdp: bool, world: int) -> None:
-    """PmoeError unless a run of `world` processes can have EP groups of `expert_parallel` ranks (and FSDP2)."""
+def check_layout(expert_parallel: int, fsdp: bool, world: int, compile_: bool = False) -> None:
+    """PmoeError unless a run of `world` processes can have EP groups of `expert_parallel` ranks (and FSDP2, and a
+    compiled training step)."""
     check(expert_parallel >= 1 and world % expert_parallel == 0,
           f"--expert-parallel {expert_parallel} must divide the number of processes, {world} (torchrun --nnodes × "
           "--nproc-per-node; one process without torchrun): each EP group holds every expert once")
     check(world > 1 or not fsdp, "--fsdp shards the dense weights over the processes of torchrun, but this is one "
                                  "process; launch with torchrun --nproc-per-node N (N >= 2), or leave --fsdp out")
+    check(world == 1 or not compile_, "--compile trains in one process only: torchrun runs are not compiled; leave "
+                                      "--compile out")
 
 
-def init_parallel(expert_parallel: int, fsdp: bool, device: torch.device) -> Parallel | None:
+def init_parallel(expert_parallel: int, fsdp: bool, device: torch.device, compile_: bool = False) -> Parallel | None:
     """The layout of this process in a torchrun run with EP groups of `expert_parallel` ranks; None for one process.
 
     `device` is the run's device type (cpu or cuda); under torchrun each rank takes cuda:LOCAL_RANK.
     """
     world = world_size()
-    check_layout(expert_parallel, fsdp, world)
+    check_layout(expert_parallel, fsdp, world, compile_)
     if world == 1:
         return None
     if device.type == "cuda":
