@@ -188,8 +188,8 @@ def _rates_table(cfg: SampleComplexityConfig, fits: dict[str, dict]) -> str:
             for m, f in fits.items()]
     return (f"Fitted exponent b of N-needed ~ n^b (least squares of log N on log n over the n whose need lies inside "
             f"the N grid; N interpolated in log N where the median accuracy over seeds crosses {cfg.target:.0%}), 95% "
-            "percentile "
-            "interval from a bootstrap over seeds (draws kept: those in which every fitted n stays inside the grid); "
+            "percentile interval from a bootstrap over seeds (draws kept: those in which every fitted n stays inside "
+            "the grid); "
             "Table 1's rates are upper bounds on the samples needed, so a smaller fitted exponent does not "
             "contradict them, and '–' (outside the grid) leaves an n out of the fit:\n\n"
             + markdown_table(["model", "exponent b [95% CI]", "draws", *(f"N at n={n}" for n in cfg.n_values),
