@@ -17,9 +17,11 @@
 #   prune-domains     section 6 b: pretrain ViT-MoE and E3 on four image domains, fine-tune on one, prune 2..7 of 8
 #                     with every criterion, 5 seeds (about 5 min on one H200 with 4 workers; resumable)
 # wrn-recipe, spurious-full and theory-rates together: about 15 min on 2 H200s (32 cores). A device session's calls
-# last about 10 minutes: run them with LIMIT=560 and call again until every log ends with a summary. The run folders persist only where OUT survives between calls: on a lent machine, an ignored folder
-# of the repository root (e.g. gpu_tmp/repro), kept while the machine stays warm; a fresh machine starts bare, so
-# bring the finished runs' config.json files back (they are enough to read a run back) and carry them to the next.
+# last about 10 minutes: run them with LIMIT=560 and call again until every log ends with a summary. The run folders
+# persist only where OUT survives between calls: on a lent machine, a folder outside the repository copy (e.g.
+# /tmp/repro), kept while the machine stays warm (a folder inside it, ignored or not, was gone at the next call);
+# a fresh machine starts bare, so bring the finished runs' config.json files back every call (they are enough to
+# read a run back), carry them to the next and copy them into OUT before the sweep starts.
 # Environment: LIMIT (stop every job this many seconds after the start; default none), SEEDS (seeds of the pruning
 # pipelines; default "0"), TASKS (their fine-tuning tasks; default "tops footwear"), GPU_WORKERS (runs at once per
 # GPU of wrn-recipe, 6 of spurious-full; default 4), THEORY_WORKERS (theory-rates' processes; default a third of the
