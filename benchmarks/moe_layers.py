@@ -1,6 +1,7 @@
 """Time routed MoE layers against the usual alternatives, forward and forward+backward, in one run.
 
-Variants (DESIGN.md §5): `patch` ours (per-sample expert choice, gather -> batched experts -> scatter),
+Variants (DESIGN.md §5): `patch` ours (per-sample expert choice, gather -> batched experts -> scatter), `patch fused`
+the same layer with `dispatch="fused"` (gather, experts, gate and scatter in Triton kernels; on CPU it gathers),
 `straightforward` the same layer written plainly in 20 lines (topk, gather, bmm, GELU, bmm, gate, index_add; its own
 copy of the weights laid out (k, in, out) as such code holds them), `mask` the official pMoE code (every expert over
 all n patches, masked), `loop` one Python iteration per expert, `dense` an MLP of the same hidden width over all n
@@ -125,8 +126,11 @@ def variants(s: Size, device: torch.device, dtype: torch.dtype, weights: torch.d
     torch.manual_seed(0)
     experts = MlpExperts(s.k, s.d, s.h, s.d, bias=bias).to(device, weights)
     patch = PatchMoE(experts, s.l).to(device, weights)
+    fused = PatchMoE(experts, s.l, dispatch="fused").to(device, weights)
+    fused.router = patch.router  # the same layer, run by the fused kernels (CUDA; on CPU it gathers)
     plain, plain_weights = straightforward(patch)
-    check_same(patch, plain, torch.randn(min(s.B, 8), s.n, s.d, device=device, dtype=weights))
+    for layer in (patch, fused):
+        check_same(layer, plain, torch.randn(min(s.B, 8), s.n, s.d, device=device, dtype=weights))
     token = TokenMoE(MlpExperts(s.k, s.d, s.h, s.d, bias=bias), num_selected=2, capacity_factor=1.05,
                      group_size=s.n).to(device, weights)
     dense = nn.Sequential(nn.Linear(s.d, s.h, bias=bias), nn.GELU(), nn.Linear(s.h, s.d, bias=bias)).to(device, weights)
@@ -143,6 +147,7 @@ def variants(s: Size, device: torch.device, dtype: torch.dtype, weights: torch.d
 
     fns = {
         "patch": (maybe(lambda x: patch(x).output), s.k * s.B * s.l * per_token),
+        "patch fused": (maybe(lambda x: fused(x).output), s.k * s.B * s.l * per_token),
         "straightforward": (maybe(plain), s.k * s.B * s.l * per_token),
         "patch experts only": (maybe(lambda x: experts(xe_patch)), s.k * s.B * s.l * per_token),
         "patch bare matmuls": (maybe(lambda x: bare(xe_patch_c)), s.k * s.B * s.l * per_token),

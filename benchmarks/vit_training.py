@@ -18,22 +18,37 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pmoe.layers import PatchMoE
+from pmoe.layers.fused import fusable
 from pmoe.models.presets import build_preset
 from pmoe.reports import markdown_table
 
-VARIANTS = {
-    "vit-s (dense)": ("vit-s", {}),
-    "vit-moe-s token K=1": ("vit-moe-s", {"num_selected": 1}),
-    "vit-moe-s patch K=1": ("vit-moe-s", {"num_selected": 1, "router": "patch"}),
-    "vit-moe-s token K=2": ("vit-moe-s", {"num_selected": 2}),
-    "vit-moe-s patch K=2": ("vit-moe-s", {"num_selected": 2, "router": "patch"}),
+VARIANTS = {  # label: (preset, its overrides, whether the patch layers run the fused kernels)
+    "vit-s (dense)": ("vit-s", {}, False),
+    "vit-moe-s token K=1": ("vit-moe-s", {"num_selected": 1}, False),
+    "vit-moe-s patch K=1": ("vit-moe-s", {"num_selected": 1, "router": "patch"}, False),
+    "vit-moe-s token K=2": ("vit-moe-s", {"num_selected": 2}, False),
+    "vit-moe-s patch K=2": ("vit-moe-s", {"num_selected": 2, "router": "patch"}, False),
+    "vit-moe-s patch K=1 fused": ("vit-moe-s", {"num_selected": 1, "router": "patch"}, True),
+    "vit-moe-s patch K=2 fused": ("vit-moe-s", {"num_selected": 2, "router": "patch"}, True),
 }
+DEFAULT_VARIANTS = [v for v in VARIANTS if not v.endswith("fused")]
 
 
-def images_per_second(name: str, overrides: dict, batch: int, steps: int, device: torch.device,
+def fuse_patch_layers(model: torch.nn.Module) -> None:
+    """Run the model's patch layers with `dispatch="fused"` (the Triton kernels; GELU experts without dropout)."""
+    for layer in model.modules():
+        if isinstance(layer, PatchMoE):
+            assert fusable(layer.experts)
+            layer.dispatch = "fused"
+
+
+def images_per_second(name: str, overrides: dict, fused: bool, batch: int, steps: int, device: torch.device,
                       compile_: str | None, image_size: int) -> float:
     torch.manual_seed(0)
     model = build_preset(name, image_size=image_size, num_classes=1000, **overrides).to(device).train()
+    if fused:
+        fuse_patch_layers(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     fwd = torch.compile(model, mode=compile_) if compile_ else model
     x = torch.randn(batch, 3, image_size, image_size, device=device)
@@ -68,14 +83,13 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
                    help="torch.compile(model, mode=MODE) (default, max-autotune, ...)")
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="VARIANT")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT_VARIANTS, metavar="VARIANT")
     p.add_argument("--out", default="benchmarks/results/vit_training")
     args = p.parse_args()
     device = torch.device(args.device)
     rows = []
     for label in ["vit-s (dense)"] + [v for v in args.variants if v != "vit-s (dense)"]:
-        name, overrides = VARIANTS[label]
-        ips = images_per_second(name, overrides, args.batch, args.steps, device, args.compile, args.image_size)
+        ips = images_per_second(*VARIANTS[label], args.batch, args.steps, device, args.compile, args.image_size)
         rows.append({"variant": label, "images_per_second": round(ips, 1)})
         print(json.dumps(rows[-1]), flush=True)
     dense = rows[0]["images_per_second"]

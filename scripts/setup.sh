@@ -12,3 +12,6 @@ PY=${PYTHON:-python3}
 # The CPU build of torch first: a bare 'torch' requirement could pull a multi-GB CUDA build.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e ".[dev,hf]"
+# Triton runs the fused MoE kernels' tests on CPU (TRITON_INTERPRET=1). CUDA builds of torch bring their own, pinned
+# Triton; a CPU build brings none: take one whose interpreter works with numpy 2.4.
+.venv/bin/python -c "import triton" 2>/dev/null || .venv/bin/pip install -q "triton>=3.9"

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from pmoe.errors import check
 from pmoe.layers.base import RoutedLayer, check_tokens
 from pmoe.layers.experts import MlpExperts
+from pmoe.layers.fused import fusable, fused_experts, runs_fused
 from pmoe.layers.routing import GateMode, PatchRouting, TokenRouting, expert_choice, token_choice
 
 
@@ -28,6 +29,7 @@ from pmoe.layers.routing import GateMode, PatchRouting, TokenRouting, expert_cho
 # sorting made it slower (ViT-S bf16: 2.38 against 2.24 ms fwd+bwd for the scatter; the gather's sorted backward
 # alone cost ViT-MoE-S training 7-17% eager). On CPU index_select and index_add_ (a serial loop) are the faster pair.
 SORTED_SCATTER_MIN = 1 << 25  # elements from which a CUDA gather's backward and scatter sort (ViT-B: 77M)
+DISPATCHES = ("gather", "dense", "fused")  # PatchMoE's ways to run its experts (see its docstring)
 
 
 def _sorted_scatter(device: torch.device, numel: int) -> bool:
@@ -70,16 +72,21 @@ class PatchMoE(RoutedLayer):
         dispatch: `gather` copies each expert's l patches and runs the experts on them (k*l/n of the dense
             compute); `dense` runs every expert on every patch, the first layers as one GEMM, and keeps the chosen
             outputs (banks that accept shared (M, d) rows: MlpExperts). Same values; `dense` is faster when experts
-            are tiny (the theory's m=5 neurons on CPU: one well-shaped GEMM that reads each patch once).
+            are tiny (the theory's m=5 neurons on CPU: one well-shaped GEMM that reads each patch once). `fused`
+            gathers, gates and sums inside Triton GEMM kernels (`pmoe.layers.fused`; MlpExperts with GELU or ReLU,
+            no dropout, combine `sum`); where they do not run (CPU), it gathers.
     """
 
     def __init__(self, experts: nn.Module, l: int | None = None, gate: GateMode = "softmax_selected",
                  combine: str = "sum", router_std: float = 0.02, dispatch: str = "gather", *,
                  num_selected: int | None = None) -> None:
         check(combine in ("sum", "concat"), f"combine must be 'sum' or 'concat', got {combine!r}")
-        check(dispatch in ("gather", "dense"), f"dispatch must be 'gather' or 'dense', got {dispatch!r}")
-        check(dispatch == "gather" or isinstance(experts, MlpExperts),
+        check(dispatch in DISPATCHES, f"dispatch must be one of {DISPATCHES}, got {dispatch!r}")
+        check(dispatch != "dense" or isinstance(experts, MlpExperts),
               f"dispatch='dense' needs MlpExperts (shared rows), got {type(experts).__name__}")
+        check(dispatch != "fused" or (fusable(experts) and combine == "sum"),
+              f"dispatch='fused' needs MlpExperts with GELU or ReLU, no dropout, and combine='sum'; got "
+              f"{type(experts).__name__} with combine={combine!r}")
         check((l is None) != (num_selected is None),
               f"give one of l (patches per expert) and num_selected (experts per patch), got l={l}, "
               f"num_selected={num_selected}")
@@ -108,7 +115,10 @@ class PatchMoE(RoutedLayer):
         B, n, d = x.shape
         k, l = index.shape[1:]
         rows = _expert_rows(index, n)  # (k*B*l,)
-        if self.dispatch == "gather":
+        if self.dispatch == "fused" and runs_fused(x):
+            gates = gates.transpose(0, 1).reshape(k * B * l)  # expert-major, as rows
+            return fused_experts(self.experts, _dispatch_dtype(x).reshape(B * n, d), rows, gates).view(B, n, -1)
+        if self.dispatch != "dense":
             xe = _gather_rows(_dispatch_dtype(x).reshape(B * n, d), rows).view(k, B * l, d)
             ye = self.experts(xe)  # (k, B*l, d_out)
         else:

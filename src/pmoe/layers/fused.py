@@ -1,0 +1,149 @@
+"""The expert bank of `PatchMoE(dispatch="fused")`: gather, both expert GEMMs, bias, activation, gate and scatter in
+two Triton kernels forward and four backward (`pmoe.layers.triton_kernels`), with no routed copy of the patches,
+of the gated outputs or of their gradients in memory.
+
+Forward, for expert e and its rows r = rows[e*M:(e+1)*M] of the (N, d) patches x:
+    Z = x[r] @ W1[e]^T + b1[e];  A = act(Z);  out[r] += gate * (A @ W2[e]^T + b2[e])      (Z and A kept)
+Backward, with G = dout[r] @ W2[e]:
+    dgate = rowsum(A * G) + dout[r] . b2[e];  dZ = gate * G * act'(Z);  dx[r] += dZ @ W1[e]
+    dW2[e] = (gate * dout[r])^T A,  db2[e] = sum gate * dout[r];  dW1[e] = dZ^T x[r],  db1[e] = sum dZ
+Runs on CUDA where Triton is installed, and on CPU under TRITON_INTERPRET=1 (the tests); elsewhere `PatchMoE` takes
+its gather path, which computes the same values.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from types import ModuleType
+
+import torch
+from torch import Tensor, nn
+
+from pmoe.layers.experts import MlpExperts
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# tile sizes: Inductor's best bmm template at ViT-B size on the H200 (BENCHMARKS.md, round 6); small when interpreted
+GEMM_TILES = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2) if INTERPRET else \
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)
+WGRAD_TILES = dict(BLOCK_P=16, BLOCK_Q=16, BLOCK_M=16) if INTERPRET else \
+    dict(BLOCK_P=128, BLOCK_Q=128, BLOCK_M=64, num_warps=8, num_stages=3)
+
+
+# `triton_kernels`' epilogues and activations (defined here: that module imports only where Triton is)
+STORE, STORE_ACT, SCATTER_ADD, ACT_BACKWARD = 0, 1, 2, 3
+GELU, RELU = 1, 2
+
+
+def fused_act(act: nn.Module) -> int | None:
+    """The kernels' code for the bank's activation, None if they do not compute it (tanh GELU, SiLU, ...)."""
+    if type(act) is nn.GELU and act.approximate == "none":
+        return GELU
+    return RELU if type(act) is nn.ReLU else None
+
+
+def fusable(experts: nn.Module) -> bool:
+    """Whether the fused kernels compute this bank: MlpExperts with GELU or ReLU and no dropout."""
+    return isinstance(experts, MlpExperts) and fused_act(experts.act) is not None and experts.drop.p == 0
+
+
+@functools.cache
+def kernels() -> ModuleType | None:
+    """`pmoe.layers.triton_kernels`, imported on first use (Triton takes 0.2 s to import); None without Triton."""
+    try:
+        from pmoe.layers import triton_kernels
+    except ImportError:  # CPU builds of torch bring no Triton: PatchMoE gathers instead
+        return None
+    return triton_kernels
+
+
+def runs_fused(x: Tensor) -> bool:
+    """Whether the kernels run for inputs on x's device (CUDA with Triton; CPU only when interpreted)."""
+    return (x.is_cuda or INTERPRET) and kernels() is not None
+
+
+def _blocks(size: int, block: int) -> int:
+    return -(-size // block)
+
+
+def _precision(t: Tensor) -> str:
+    return "ieee" if t.dtype == torch.float32 else "tf32"  # fp32 stays fp32 (torch's default); ignored for bf16
+
+
+def rows_gemm(a: Tensor, b: Tensor, M: int, epilogue: int, c: Tensor, *, a_rows: Tensor | None = None,
+              bias: Tensor | None = None, gate: Tensor | None = None, c2: Tensor | None = None,
+              c_rows: Tensor | None = None, dgate: Tensor | None = None, act: int = 0) -> None:
+    """a (R, K) rows (unit stride), b (k, K, N) any strides; writes c / c2 / dgate (`triton_kernels` epilogues)."""
+    k, K, N = b.shape
+    some = a  # stands in for the pointers an epilogue does not read
+    grid = (_blocks(M, GEMM_TILES["BLOCK_M"]) * _blocks(N, GEMM_TILES["BLOCK_N"]), k)
+    kernels().rows_gemm_kernel[grid](
+        a, some if a_rows is None else a_rows, b, some if bias is None else bias, some if gate is None else gate,
+        c, c if c2 is None else c2, some if c_rows is None else c_rows, c if dgate is None else dgate,
+        M, N, K, a.stride(0), *b.stride(),
+        GATHER_A=a_rows is not None, HAS_BIAS=bias is not None, HAS_GATE=gate is not None, ACT=act,
+        EPILOGUE=epilogue, PRECISION=_precision(a), **GEMM_TILES)
+
+
+def rows_wgrad(p: Tensor, q: Tensor, M: int, dw: Tensor, *, p_rows: Tensor | None = None,
+               q_rows: Tensor | None = None, scale: Tensor | None = None, db: Tensor | None = None) -> None:
+    """dw (k, P, Q) = per expert sum of (scale * p-rows)^T q-rows; db (k, 1, P) their column sums, if given."""
+    k, P, Q = dw.shape
+    grid = (_blocks(P, WGRAD_TILES["BLOCK_P"]) * _blocks(Q, WGRAD_TILES["BLOCK_Q"]), k)
+    kernels().rows_wgrad_kernel[grid](
+        p, p if p_rows is None else p_rows, p if scale is None else scale, q, q if q_rows is None else q_rows,
+        dw, dw if db is None else db, M, P, Q, p.stride(0), q.stride(0),
+        GATHER_P=p_rows is not None, GATHER_Q=q_rows is not None, HAS_SCALE=scale is not None,
+        BIAS_GRAD=db is not None, PRECISION=_precision(p), **WGRAD_TILES)
+
+
+class FusedMlpExperts(torch.autograd.Function):
+    """(x (N, d), rows (k*M,), gates (k*M,), w1 (k, h, d), b1 (k, 1, h) | None, w2 (k, d_out, h),
+    b2 (k, 1, d_out) | None, act) -> (N, d_out): the gated sum of each patch's expert outputs. x and the weights
+    share one dtype; rows and gates are expert-major."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, rows: Tensor, gates: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor,
+                b2: Tensor | None, act: int) -> Tensor:
+        k, h, _ = w1.shape
+        M = rows.numel() // k
+        z, a = x.new_empty(k * M, h), x.new_empty(k * M, h)  # (k*M, h) pre-activation and activation
+        rows_gemm(x, w1.transpose(1, 2), M, STORE_ACT, z, a_rows=rows, bias=b1, c2=a, act=act)
+        out = torch.zeros(x.shape[0], w2.shape[1], device=x.device, dtype=torch.float32)  # (N, d_out)
+        rows_gemm(a, w2.transpose(1, 2), M, SCATTER_ADD, out, bias=b2, gate=gates, c_rows=rows)
+        ctx.save_for_backward(x, rows, gates, w1, b1, w2, b2, z, a)
+        ctx.act = act
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        x, rows, gates, w1, b1, w2, b2, z, a = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        k, M = w1.shape[0], rows.numel() // w1.shape[0]
+        dout = dout.contiguous()  # (N, d_out)
+        dz = torch.empty_like(z)  # (k*M, h)
+        dgate = torch.zeros(k * M, device=x.device, dtype=torch.float32)
+        rows_gemm(dout, w2, M, ACT_BACKWARD, dz, a_rows=rows, gate=gates, c2=z, dgate=dgate, act=ctx.act)
+        if b2 is not None:  # the output bias's share of <expert output, dout>
+            experts = torch.arange(k, device=x.device).repeat_interleave(M)  # (k*M,)
+            dgate += (dout.float() @ b2[:, 0].float().t())[rows, experts]
+        dw2 = db2 = dx = dw1 = db1 = None
+        if need[5] or need[6]:
+            dw2, db2 = torch.empty_like(w2), None if b2 is None else torch.empty_like(b2)
+            rows_wgrad(dout, a, M, dw2, p_rows=rows, scale=gates, db=db2)
+        if need[0]:
+            dx = torch.zeros(x.shape, device=x.device, dtype=torch.float32)
+            rows_gemm(dz, w1, M, SCATTER_ADD, dx, c_rows=rows)
+            dx = dx.to(x.dtype)
+        if need[3] or need[4]:
+            dw1, db1 = torch.empty_like(w1), None if b1 is None else torch.empty_like(b1)
+            rows_wgrad(dz, x, M, dw1, q_rows=rows, db=db1)
+        return dx, None, dgate.to(gates.dtype) if need[2] else None, dw1, db1, dw2, db2, None
+
+
+def fused_experts(experts: MlpExperts, x: Tensor, rows: Tensor, gates: Tensor) -> Tensor:
+    """x (N, d) patches, rows (k*M,) and gates (k*M,) expert-major -> (N, d_out) in x's dtype; the bank's weights
+    are cast to it (as autocast casts them for a GEMM)."""
+    def cast(w: Tensor | None) -> Tensor | None:
+        return None if w is None else w.to(x.dtype)
+    return FusedMlpExperts.apply(x.contiguous(), rows, gates, cast(experts.w1), cast(experts.b1), cast(experts.w2),
+                                 cast(experts.b2), fused_act(experts.act))

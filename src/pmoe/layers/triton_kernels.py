@@ -1,0 +1,139 @@
+"""Triton kernels of the fused expert bank (`pmoe.layers.fused`): GEMMs over expert-major row blocks whose rows are
+gathered from, or summed into, another matrix inside the kernel (ScatterMoE's idea, for expert choice's equal
+row counts: every expert e owns rows e*M .. e*M+M-1 of the routed copy, which is never written out).
+
+`rows_gemm`:  C[e*M+m, :] = epilogue(A[a_row(e, m), :] @ B[e])            (one program: a BLOCK_M x BLOCK_N tile)
+`rows_wgrad`: dW[e] = sum_m (s[e*M+m] * P[p_row(e, m), :])^T Q[q_row(e, m), :],  db[e] = sum_m s * P[p_row, :]
+Both accumulate in fp32. `pmoe.layers.fused` imports this module where Triton is installed (CUDA builds of torch
+ship it; on CPU the kernels run under TRITON_INTERPRET=1, which the tests use).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from pmoe.layers import fused
+
+# the codes of `pmoe.layers.fused`, as the constants a kernel may read: rows_gemm's epilogues, the activations
+STORE = tl.constexpr(fused.STORE)
+STORE_ACT = tl.constexpr(fused.STORE_ACT)
+SCATTER_ADD = tl.constexpr(fused.SCATTER_ADD)
+ACT_BACKWARD = tl.constexpr(fused.ACT_BACKWARD)
+GELU = tl.constexpr(fused.GELU)
+RELU = tl.constexpr(fused.RELU)
+
+
+@triton.jit
+def _act(z, ACT: tl.constexpr):
+    if ACT == GELU:  # exact (erf) GELU, nn.GELU()'s
+        return 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+    elif ACT == RELU:
+        return tl.maximum(z, 0.0)
+    else:
+        return z
+
+
+@triton.jit
+def _act_grad(z, ACT: tl.constexpr):
+    if ACT == GELU:
+        return 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476)) + z * 0.3989422804014327 * tl.exp(-0.5 * z * z)
+    elif ACT == RELU:
+        return (z > 0).to(tl.float32)
+    else:
+        return tl.full(z.shape, 1.0, tl.float32)
+
+
+@triton.jit
+def rows_gemm_kernel(a_ptr, a_rows_ptr, b_ptr, bias_ptr, gate_ptr, c_ptr, c2_ptr, c_rows_ptr, dgate_ptr,
+                     M, N, K, stride_a, stride_be, stride_bk, stride_bn,
+                     GATHER_A: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GATE: tl.constexpr, ACT: tl.constexpr,
+                     EPILOGUE: tl.constexpr, PRECISION: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """Epilogues (acc = A-rows @ B[e], + bias[e] if HAS_BIAS):
+    STORE         C[row] = acc
+    STORE_ACT     C[row] = acc, C2[row] = act(acc)                      (pre-activation kept for the backward)
+    SCATTER_ADD   C[c_rows[row]] += gate[row] * acc (fp32 C; gate if HAS_GATE)
+    ACT_BACKWARD  acc = dY-rows @ W2[e]: dgate[row] += sum_n act(Z) * acc with Z = C2[row],
+                  C[row] = gate[row] * acc * act'(Z)
+    """
+    e = tl.program_id(1)
+    pid = tl.program_id(0)
+    num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    group = GROUP_M * num_n  # tiles of GROUP_M row blocks walked column by column: B tiles stay in L2
+    first_m = (pid // group) * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group) % size_m
+    pid_n = (pid % group) // size_m
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m, mask_n = offs_m < M, offs_n < N
+    rows = e.to(tl.int64) * M + offs_m  # this expert's rows of the routed copy
+    a_rows = tl.load(a_rows_ptr + rows, mask=mask_m, other=0).to(tl.int64) if GATHER_A else rows
+    a_ptrs = a_ptr + a_rows[:, None] * stride_a + offs_k[None, :]
+    b_ptrs = b_ptr + e.to(tl.int64) * stride_be + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        mask_k = offs_k < K - k0
+        a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K * stride_bk
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + e * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    mask = mask_m[:, None] & mask_n[None, :]
+    c_offs = rows[:, None] * N + offs_n[None, :]
+    if EPILOGUE == STORE:
+        tl.store(c_ptr + c_offs, acc.to(c_ptr.dtype.element_ty), mask=mask)
+    elif EPILOGUE == STORE_ACT:
+        tl.store(c_ptr + c_offs, acc.to(c_ptr.dtype.element_ty), mask=mask)
+        tl.store(c2_ptr + c_offs, _act(acc, ACT).to(c2_ptr.dtype.element_ty), mask=mask)
+    elif EPILOGUE == SCATTER_ADD:
+        if HAS_GATE:
+            acc *= tl.load(gate_ptr + rows, mask=mask_m, other=0.0).to(tl.float32)[:, None]
+        c_rows = tl.load(c_rows_ptr + rows, mask=mask_m, other=0).to(tl.int64)
+        tl.atomic_add(c_ptr + c_rows[:, None] * N + offs_n[None, :], acc, mask=mask)
+    else:
+        z = tl.load(c2_ptr + c_offs, mask=mask, other=0.0).to(tl.float32)
+        tl.atomic_add(dgate_ptr + rows, tl.sum(_act(z, ACT) * acc, axis=1), mask=mask_m)
+        gate = tl.load(gate_ptr + rows, mask=mask_m, other=0.0).to(tl.float32)
+        tl.store(c_ptr + c_offs, (acc * gate[:, None] * _act_grad(z, ACT)).to(c_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def rows_wgrad_kernel(p_ptr, p_rows_ptr, scale_ptr, q_ptr, q_rows_ptr, dw_ptr, db_ptr, M, P, Q, stride_p, stride_q,
+                      GATHER_P: tl.constexpr, GATHER_Q: tl.constexpr, HAS_SCALE: tl.constexpr,
+                      BIAS_GRAD: tl.constexpr, PRECISION: tl.constexpr,
+                      BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr):
+    """dW[e] (P, Q) tile = sum over expert e's rows of P-rows^T @ Q-rows; db[e] from the pid_q == 0 tiles."""
+    e = tl.program_id(1)
+    pid = tl.program_id(0)
+    num_q = tl.cdiv(Q, BLOCK_Q)
+    pid_p, pid_q = pid // num_q, pid % num_q
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_m = tl.arange(0, BLOCK_M)
+    mask_p, mask_q = offs_p < P, offs_q < Q
+    acc = tl.zeros((BLOCK_P, BLOCK_Q), dtype=tl.float32)
+    bacc = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        mask_m = offs_m < M - m0
+        rows = e.to(tl.int64) * M + m0 + offs_m
+        p_rows = tl.load(p_rows_ptr + rows, mask=mask_m, other=0).to(tl.int64) if GATHER_P else rows
+        q_rows = tl.load(q_rows_ptr + rows, mask=mask_m, other=0).to(tl.int64) if GATHER_Q else rows
+        p = tl.load(p_ptr + p_rows[:, None] * stride_p + offs_p[None, :], mask=mask_m[:, None] & mask_p[None, :],
+                    other=0.0)
+        if HAS_SCALE:
+            s = tl.load(scale_ptr + rows, mask=mask_m, other=0.0).to(tl.float32)
+            p = (p.to(tl.float32) * s[:, None]).to(p_ptr.dtype.element_ty)
+        q = tl.load(q_ptr + q_rows[:, None] * stride_q + offs_q[None, :], mask=mask_m[:, None] & mask_q[None, :],
+                    other=0.0)
+        acc = tl.dot(tl.trans(p), q, acc, input_precision=PRECISION)
+        if BIAS_GRAD:
+            bacc += tl.sum(p.to(tl.float32), axis=0)
+    dw_offs = e.to(tl.int64) * P * Q + offs_p[:, None] * Q + offs_q[None, :]
+    tl.store(dw_ptr + dw_offs, acc.to(dw_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_q[None, :])
+    if BIAS_GRAD:
+        if pid_q == 0:
+            tl.store(db_ptr + e * P + offs_p, bacc.to(db_ptr.dtype.element_ty), mask=mask_p)

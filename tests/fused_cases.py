@@ -1,0 +1,61 @@
+"""`PatchMoE(dispatch="fused")` against the gather path in float64: each case's largest error of the output and of
+every gradient, relative to the reference's largest magnitude. Run by tests/test_fused.py: in a subprocess with
+TRITON_INTERPRET=1 on CPU (the kernels interpreted, fp32), in-process on CUDA (fp32 and bf16).
+
+    TRITON_INTERPRET=1 PYTHONPATH=src python tests/fused_cases.py   # prints the errors as JSON
+"""
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+from pmoe.layers import MlpExperts, PatchMoE
+from pmoe.layers.fused import runs_fused
+from pmoe.prune.surgery import prune_layer
+
+# name: (B, n, d, h, k, layer options, bank options, kept experts or None)
+CASES = {
+    "gelu, bias, one tile": (3, 10, 12, 20, 4, dict(l=3), dict(), None),
+    "relu, no bias": (3, 10, 12, 20, 4, dict(l=3), dict(act_layer=nn.ReLU, bias=False), None),
+    "several tiles, K=2": (6, 20, 40, 36, 4, dict(num_selected=2), dict(), None),
+    "frozen output layer": (3, 10, 12, 20, 4, dict(l=3), dict(train_output=False), None),
+    "pruned to 3 of 5": (4, 9, 12, 20, 5, dict(l=4), dict(), [0, 2, 3]),
+}
+
+
+def build(case: tuple, dispatch: str, seed: int = 0) -> PatchMoE:
+    B, n, d, h, k, layer_opts, bank_opts, kept = case
+    torch.manual_seed(seed)
+    layer = PatchMoE(MlpExperts(k, d, h, init_std=0.3, **bank_opts), dispatch=dispatch, router_std=0.5,
+                     **layer_opts)
+    for b in (layer.experts.b1, layer.experts.b2):
+        if b is not None:
+            nn.init.normal_(b)
+    if kept is not None:
+        prune_layer(layer, kept, "zero")
+    return layer
+
+
+def outputs(layer: PatchMoE, x: torch.Tensor) -> list[torch.Tensor]:
+    """The output of a weighted sum of it, and the gradients of x and of every trained parameter."""
+    x = x.detach().requires_grad_()
+    y = layer(x).output
+    (y.double() * torch.linspace(-1, 1, y.numel(), dtype=torch.float64, device=y.device).view_as(y)).sum().backward()
+    return [y, x.grad] + [p.grad for p in layer.parameters() if p.requires_grad]
+
+
+def max_errors(device: str, dtype: torch.dtype) -> dict[str, float]:
+    """Case -> the largest relative error over the output and the gradients (fused in dtype vs gather in fp64)."""
+    errors = {}
+    for name, case in CASES.items():
+        ref, fused = build(case, "gather").double(), build(case, "fused").to(device, dtype)  # the same weights
+        x = torch.randn(case[0], case[1], case[2], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        pairs = zip(outputs(ref, x), outputs(fused, x.to(device, dtype)))
+        errors[name] = max(float((b.detach().double().cpu() - a).abs().max() / a.abs().max()) for a, b in pairs)
+    return errors
+
+
+if __name__ == "__main__":
+    print(json.dumps({"runs_fused": runs_fused(torch.zeros(1)), "errors": max_errors("cpu", torch.float32)}))

@@ -1,0 +1,64 @@
+"""`PatchMoE(dispatch="fused")`: the Triton kernels against the gather path in float64 (interpreted on CPU, compiled
+on CUDA with PMOE_TEST_DEVICE=cuda), the CPU fallback, and the banks the kernels refuse."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pmoe.errors import PmoeError
+from pmoe.layers import ConvExperts, MlpExperts, PatchMoE
+from pmoe.layers.fused import runs_fused
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from fused_cases import CASES, build, max_errors, outputs  # noqa: E402
+
+
+def test_interpreted_kernels_match_the_float64_gather_path(device):
+    if device.type == "cuda":
+        pytest.skip("on CUDA the compiled kernels are tested (below)")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(HERE.parent / "src")}
+    done = subprocess.run([sys.executable, str(HERE / "fused_cases.py")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["runs_fused"], "the kernels did not run (the gather fallback did)"
+    assert set(result["errors"]) == set(CASES)
+    assert all(e < 1e-5 for e in result["errors"].values()), result["errors"]
+
+
+def test_kernels_on_cuda(device):
+    if device.type != "cuda":
+        pytest.skip("the compiled kernels need CUDA (PMOE_TEST_DEVICE=cuda); CPU runs them interpreted above")
+    assert runs_fused(torch.zeros(1, device=device))
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+        errors = max_errors(device.type, dtype)
+        assert all(e < tol for e in errors.values()), (dtype, errors)
+
+
+def test_cpu_without_the_interpreter_gathers_the_same_values():
+    if runs_fused(torch.zeros(1)):
+        pytest.skip("interpreted here: the kernels run on CPU too")
+    case = CASES["several tiles, K=2"]
+    x = torch.randn(*case[:3])
+    for a, b in zip(outputs(build(case, "gather"), x), outputs(build(case, "fused"), x)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("bank, options, what", [
+    (lambda: MlpExperts(4, 8, 16, act_layer=lambda: nn.GELU(approximate="tanh")), {}, "tanh GELU"),
+    (lambda: MlpExperts(4, 8, 16, act_layer=nn.SiLU), {}, "SiLU"),
+    (lambda: MlpExperts(4, 8, 16, drop=0.1), {}, "dropout"),
+    (lambda: MlpExperts(4, 8, 16), {"combine": "concat"}, "concat"),
+    (lambda: ConvExperts(4, 3, 8, (2, 2)), {}, "conv experts"),
+])
+def test_banks_the_kernels_do_not_compute_are_refused(bank, options, what):
+    with pytest.raises(PmoeError, match="dispatch='fused' needs MlpExperts with GELU or ReLU"):
+        PatchMoE(bank(), l=2, dispatch="fused", **options)
