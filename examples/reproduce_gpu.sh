@@ -9,9 +9,12 @@
 #   spurious          section 5 as published (N 1000 4000, 3 seeds)
 #   prune             section 6 (pretrain, fine-tune, prune-sweep the tiny ViT-MoE and E3)
 #   wrn-recipe        section 4 with the paper's recipe: wrn-cifar vs wrn-pmoe-cifar, 50 epochs, no augmentation,
-#                     5 seeds, N 2000..16000 (40 runs, 15M training images; about 7 min on 2 H200s, 13 on one)
-#   spurious-full     section 5 in full: N 1000 4000 8000 12000, 5 seeds, train_ratio 0.75 0.9 0.95 0.99 (160 runs
-#                     of the tiny pair, 50M training images; about 9 min on 2 H200s)
+#                     5 seeds, N 2000..16000 (40 runs, 15M training images; on one H200 26 runs, those of N <= 8000
+#                     less four, took 8-9 min with 3 or 8 workers: about 18 min in all; docs/results/image-samples-paper
+#                     holds those 26, copy its runs/ into OUT/image-samples-paper first to resume from them)
+#   spurious-full     section 5 in full, two sweeps of the tiny pair, 5 seeds: N 1000 4000 8000 12000 at the data's
+#                     strength (train_ratio 0.95), and the strength swept (0.75 0.9 0.95 0.99) at N = 4000 (70 runs,
+#                     21M training images; about 7 min on one H200 at the rate measured for 160 runs, 50M, 17 min)
 #   theory-rates      section 2's fitted exponents on the finer n/l grid (CPU only: 1680 runs, about 3.5 min on 12
 #                     cores of the H200 host; not resumable: it must finish within one call)
 #   prune-domains     section 6 b: pretrain ViT-MoE and E3 on four image domains, fine-tune on one, prune 2..7 of 8
@@ -52,8 +55,10 @@ gpus=$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')
 per_gpu=${GPU_WORKERS:-4}
 has wrn-recipe && pmoe experiment image-samples --paper-recipe --workers $((per_gpu * gpus)) \
     --out "$out/image-samples-paper" >"$out/image-samples-paper.log" 2>&1 &
-has spurious-full && pmoe experiment spurious --samples 1000 4000 8000 12000 --seeds 5 --strengths 0.75 0.9 0.95 0.99 \
-    --evals 5 --workers $(((per_gpu + 2) * gpus)) --out "$out/spurious-full" >"$out/spurious-full.log" 2>&1 &
+has spurious-full && pmoe experiment spurious --samples 1000 4000 8000 12000 --seeds 5 --evals 5 \
+    --workers $(((per_gpu + 2) * gpus / 2)) --out "$out/spurious-full" >"$out/spurious-full.log" 2>&1 &
+has spurious-full && pmoe experiment spurious --samples 4000 --seeds 5 --strengths 0.75 0.9 0.95 0.99 --evals 5 \
+    --workers $(((per_gpu + 2) * gpus / 2)) --out "$out/spurious-strengths" >"$out/spurious-strengths.log" 2>&1 &
 has theory-rates && pmoe experiment sample-complexity --mode n-over-l --fine \
     --workers "${THEORY_WORKERS:-$(( ($(nproc) + 2) / 3 ))}" --out "$out/sample-complexity-rates" \
     >"$out/sample-complexity-rates.log" 2>&1 &
