@@ -22,6 +22,7 @@ CASES = {
     "several tiles, K=2": (6, 20, 40, 36, 4, dict(num_selected=2), dict(), None),
     "frozen output layer": (3, 10, 12, 20, 4, dict(l=3), dict(train_output=False), None),
     "pruned to 3 of 5": (4, 9, 12, 20, 5, dict(l=4), dict(), [0, 2, 3]),
+    "sizes that fill the tiles": (4, 16, 32, 48, 2, dict(l=8), dict(), None),  # M, d, h multiples of 16 and 32
 }
 
 

@@ -81,7 +81,7 @@ def rows_gemm(a: Tensor, b: Tensor, M: int, epilogue: int, c: Tensor, *, a_rows:
         c, c if c2 is None else c2, some if c_rows is None else c_rows, c if dgate is None else dgate,
         M, N, K, a.stride(0), *b.stride(),
         GATHER_A=a_rows is not None, HAS_BIAS=bias is not None, HAS_GATE=gate is not None, ACT=act,
-        EPILOGUE=epilogue, PRECISION=_precision(a), **GEMM_TILES)
+        EPILOGUE=epilogue, PRECISION=_precision(a), EVEN_K=K % GEMM_TILES["BLOCK_K"] == 0, **GEMM_TILES)
 
 
 def rows_wgrad(p: Tensor, q: Tensor, M: int, dw: Tensor, *, p_rows: Tensor | None = None,
@@ -93,7 +93,7 @@ def rows_wgrad(p: Tensor, q: Tensor, M: int, dw: Tensor, *, p_rows: Tensor | Non
         p, p if p_rows is None else p_rows, p if scale is None else scale, q, q if q_rows is None else q_rows,
         dw, dw if db is None else db, M, P, Q, p.stride(0), q.stride(0),
         GATHER_P=p_rows is not None, GATHER_Q=q_rows is not None, HAS_SCALE=scale is not None,
-        BIAS_GRAD=db is not None, PRECISION=_precision(p), **WGRAD_TILES)
+        BIAS_GRAD=db is not None, PRECISION=_precision(p), EVEN_M=M % WGRAD_TILES["BLOCK_M"] == 0, **WGRAD_TILES)
 
 
 class FusedMlpExperts(torch.autograd.Function):

@@ -47,7 +47,7 @@ def _act_grad(z, ACT: tl.constexpr):
 def rows_gemm_kernel(a_ptr, a_rows_ptr, b_ptr, bias_ptr, gate_ptr, c_ptr, c2_ptr, c_rows_ptr, dgate_ptr,
                      M, N, K, stride_a, stride_be, stride_bk, stride_bn,
                      GATHER_A: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GATE: tl.constexpr, ACT: tl.constexpr,
-                     EPILOGUE: tl.constexpr, PRECISION: tl.constexpr,
+                     EPILOGUE: tl.constexpr, PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """Epilogues (acc = A-rows @ B[e], + bias[e] if HAS_BIAS):
     STORE         C[row] = acc
@@ -69,14 +69,19 @@ def rows_gemm_kernel(a_ptr, a_rows_ptr, b_ptr, bias_ptr, gate_ptr, c_ptr, c2_ptr
     offs_k = tl.arange(0, BLOCK_K)
     mask_m, mask_n = offs_m < M, offs_n < N
     rows = e.to(tl.int64) * M + offs_m  # this expert's rows of the routed copy
-    a_rows = tl.load(a_rows_ptr + rows, mask=mask_m, other=0).to(tl.int64) if GATHER_A else rows
+    # the loads read rows and columns wrapped into range (no masks in the loop); the epilogue drops them
+    a_rows = e.to(tl.int64) * M + offs_m % M
+    a_rows = tl.load(a_rows_ptr + a_rows).to(tl.int64) if GATHER_A else a_rows
     a_ptrs = a_ptr + a_rows[:, None] * stride_a + offs_k[None, :]
-    b_ptrs = b_ptr + e.to(tl.int64) * stride_be + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
+    b_ptrs = b_ptr + e.to(tl.int64) * stride_be + offs_k[:, None] * stride_bk + (offs_n % N)[None, :] * stride_bn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        mask_k = offs_k < K - k0
-        a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        if EVEN_K:
+            a, b = tl.load(a_ptrs), tl.load(b_ptrs)
+        else:
+            mask_k = offs_k < K - k0
+            a = tl.load(a_ptrs, mask=mask_k[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=mask_k[:, None], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K * stride_bk
@@ -104,7 +109,7 @@ def rows_gemm_kernel(a_ptr, a_rows_ptr, b_ptr, bias_ptr, gate_ptr, c_ptr, c2_ptr
 @triton.jit
 def rows_wgrad_kernel(p_ptr, p_rows_ptr, scale_ptr, q_ptr, q_rows_ptr, dw_ptr, db_ptr, M, P, Q, stride_p, stride_q,
                       GATHER_P: tl.constexpr, GATHER_Q: tl.constexpr, HAS_SCALE: tl.constexpr,
-                      BIAS_GRAD: tl.constexpr, PRECISION: tl.constexpr,
+                      BIAS_GRAD: tl.constexpr, PRECISION: tl.constexpr, EVEN_M: tl.constexpr,
                       BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr):
     """dW[e] (P, Q) tile = sum over expert e's rows of P-rows^T @ Q-rows; db[e] from the pid_q == 0 tiles."""
     e = tl.program_id(1)
@@ -117,18 +122,17 @@ def rows_wgrad_kernel(p_ptr, p_rows_ptr, scale_ptr, q_ptr, q_rows_ptr, dw_ptr, d
     mask_p, mask_q = offs_p < P, offs_q < Q
     acc = tl.zeros((BLOCK_P, BLOCK_Q), dtype=tl.float32)
     bacc = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    ld_p, ld_q = offs_p % P, offs_q % Q  # columns wrapped into range: the store drops them
     for m0 in range(0, M, BLOCK_M):
-        mask_m = offs_m < M - m0
-        rows = e.to(tl.int64) * M + m0 + offs_m
-        p_rows = tl.load(p_rows_ptr + rows, mask=mask_m, other=0).to(tl.int64) if GATHER_P else rows
-        q_rows = tl.load(q_rows_ptr + rows, mask=mask_m, other=0).to(tl.int64) if GATHER_Q else rows
-        p = tl.load(p_ptr + p_rows[:, None] * stride_p + offs_p[None, :], mask=mask_m[:, None] & mask_p[None, :],
-                    other=0.0)
+        rows = e.to(tl.int64) * M + (m0 + offs_m) % M  # wrapped into range; zeroed below when past M
+        p_rows = tl.load(p_rows_ptr + rows).to(tl.int64) if GATHER_P else rows
+        q_rows = tl.load(q_rows_ptr + rows).to(tl.int64) if GATHER_Q else rows
+        p = tl.load(p_ptr + p_rows[:, None] * stride_p + ld_p[None, :])
         if HAS_SCALE:
-            s = tl.load(scale_ptr + rows, mask=mask_m, other=0.0).to(tl.float32)
-            p = (p.to(tl.float32) * s[:, None]).to(p_ptr.dtype.element_ty)
-        q = tl.load(q_ptr + q_rows[:, None] * stride_q + offs_q[None, :], mask=mask_m[:, None] & mask_q[None, :],
-                    other=0.0)
+            p = (p.to(tl.float32) * tl.load(scale_ptr + rows).to(tl.float32)[:, None]).to(p_ptr.dtype.element_ty)
+        if not EVEN_M:
+            p = tl.where((offs_m < M - m0)[:, None], p, 0.0).to(p_ptr.dtype.element_ty)
+        q = tl.load(q_ptr + q_rows[:, None] * stride_q + ld_q[None, :])
         acc = tl.dot(tl.trans(p), q, acc, input_precision=PRECISION)
         if BIAS_GRAD:
             bacc += tl.sum(p.to(tl.float32), axis=0)
