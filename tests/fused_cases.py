@@ -14,6 +14,7 @@ from torch import nn
 from pmoe.layers import MlpExperts, PatchMoE
 from pmoe.layers.fused import runs_fused
 from pmoe.prune.surgery import prune_layer
+from pmoe.prune.usage import layer_usage, saliency
 
 # name: (B, n, d, h, k, layer options, bank options, kept experts or None)
 CASES = {
@@ -47,6 +48,29 @@ def outputs(layer: PatchMoE, x: torch.Tensor) -> list[torch.Tensor]:
     return [y, x.grad] + [p.grad for p in layer.parameters() if p.requires_grad]
 
 
+class OneLayer(nn.Module):
+    """A model of one routed layer (`moe_layers()`), for the code that walks a model's layers."""
+
+    def __init__(self, layer: PatchMoE) -> None:
+        super().__init__()
+        self.moe = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.moe(x).output
+
+    def moe_layers(self) -> list[PatchMoE]:
+        return [self.moe]
+
+
+def saliency_error(device: str, dtype: torch.dtype) -> float:
+    """Largest difference of the saliency scores (which read the bank's outputs) of a fused and a gathering layer."""
+    case = CASES["gelu, bias, one tile"]
+    calib = [torch.randn(case[0], case[1], case[2], generator=torch.Generator().manual_seed(2), dtype=dtype)]
+    scores = [saliency(layer_usage(OneLayer(build(case, d)).to(device, dtype), calib)[0])
+              for d in ("gather", "fused")]
+    return float((scores[0] - scores[1]).abs().max())
+
+
 def max_errors(device: str, dtype: torch.dtype) -> dict[str, float]:
     """Case -> the largest relative error over the output and the gradients (fused in dtype vs gather in fp64)."""
     errors = {}
@@ -59,4 +83,5 @@ def max_errors(device: str, dtype: torch.dtype) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    print(json.dumps({"runs_fused": runs_fused(torch.zeros(1)), "errors": max_errors("cpu", torch.float32)}))
+    print(json.dumps({"runs_fused": runs_fused(torch.zeros(1)), "errors": max_errors("cpu", torch.float32),
+                      "saliency_error": saliency_error("cpu", torch.float32)}))

@@ -15,10 +15,11 @@ from torch import nn
 from pmoe.errors import PmoeError
 from pmoe.layers import ConvExperts, MlpExperts, PatchMoE
 from pmoe.layers.fused import runs_fused
+from pmoe.train.distributed.expert_parallel import check_divisible
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from fused_cases import CASES, build, max_errors, outputs  # noqa: E402
+from fused_cases import CASES, OneLayer, build, max_errors, outputs, saliency_error  # noqa: E402
 
 
 def test_interpreted_kernels_match_the_float64_gather_path(device):
@@ -32,6 +33,7 @@ def test_interpreted_kernels_match_the_float64_gather_path(device):
     assert result["runs_fused"], "the kernels did not run (the gather fallback did)"
     assert set(result["errors"]) == set(CASES)
     assert all(e < 1e-5 for e in result["errors"].values()), result["errors"]
+    assert result["saliency_error"] == 0  # calibration calls the bank: both layers gather
 
 
 def test_kernels_on_cuda(device):
@@ -41,6 +43,7 @@ def test_kernels_on_cuda(device):
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
         errors = max_errors(device.type, dtype)
         assert all(e < tol for e in errors.values()), (dtype, errors)
+    assert saliency_error(device.type, torch.float32) == 0
 
 
 def test_cpu_without_the_interpreter_gathers_the_same_values():
@@ -62,3 +65,10 @@ def test_cpu_without_the_interpreter_gathers_the_same_values():
 def test_banks_the_kernels_do_not_compute_are_refused(bank, options, what):
     with pytest.raises(PmoeError, match="dispatch='fused' needs MlpExperts with GELU or ReLU"):
         PatchMoE(bank(), l=2, dispatch="fused", **options)
+
+
+def test_expert_parallelism_refuses_fused_layers():
+    model = OneLayer(PatchMoE(MlpExperts(4, 8, 16), l=2, dispatch="fused"))
+    check_divisible(model, 1)  # one rank holds every expert: no exchange to hook
+    with pytest.raises(PmoeError, match="MoE layer 0 runs its experts in fused kernels"):
+        check_divisible(model, 2)

@@ -9,7 +9,8 @@ all), and so does `gate-mass` with `softmax_selected` or `hard` gates (the l gat
 """
 from __future__ import annotations
 
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -87,12 +88,27 @@ def layer_usage(model: nn.Module, calib: Iterable[Tensor]) -> list[LayerUsage]:
     model.eval()
     batches = 0
     try:
-        for x in calib:
-            model(x.to(device))
-            batches += 1
+        with banks_called(layers):
+            for x in calib:
+                model(x.to(device))
+                batches += 1
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
     check(batches > 0, "the calibration data is empty; data-driven criteria need at least one batch")
     return tallies
+
+
+@contextmanager
+def banks_called(layers: list[nn.Module]) -> Iterator[None]:
+    """Patch layers with `dispatch="fused"` gather instead (the same values) while inside: their kernels never call
+    the bank, whose outputs the hooks read."""
+    fused = [layer for layer in layers if isinstance(layer, PatchMoE) and layer.dispatch == "fused"]
+    for layer in fused:
+        layer.dispatch = "gather"
+    try:
+        yield
+    finally:
+        for layer in fused:
+            layer.dispatch = "fused"

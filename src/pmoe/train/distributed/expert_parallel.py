@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.distributed import ProcessGroup
 
 from pmoe.errors import check
+from pmoe.layers import PatchMoE
 from pmoe.prune.surgery import slice_bank
 
 
@@ -67,12 +68,16 @@ def expert_params(model: nn.Module, ep: int) -> list[nn.Parameter]:
 
 
 def check_divisible(model: nn.Module, ep: int) -> None:
-    """PmoeError unless `ep` divides the experts of every routed layer of `model` (k'; kept after pruning)."""
+    """PmoeError unless `ep` divides the experts of every routed layer of `model` (k'; kept after pruning) and, with
+    ep > 1, every layer calls its bank (the exchange hooks it: `PatchMoE(dispatch="fused")` runs it in kernels)."""
     for i, layer in enumerate(model.moe_layers()):
         k = layer.experts.num_experts
         kind = "experts" if layer.kept is None else f"experts kept (of {layer.num_experts}) by zero-mode pruning"
         check(k % ep == 0, f"MoE layer {i} has {k} {kind}; --expert-parallel {ep} must divide that number, so "
                            "that each EP rank holds the same number of experts")
+        check(ep == 1 or not (isinstance(layer, PatchMoE) and layer.dispatch == "fused"),
+              f"MoE layer {i} runs its experts in fused kernels (dispatch='fused'), which expert parallelism cannot "
+              "exchange rows for; use dispatch='gather' (the same values) with --expert-parallel > 1")
 
 
 def shard_experts(model: nn.Module, group: ProcessGroup) -> None:
