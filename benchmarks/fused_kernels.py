@@ -54,7 +54,8 @@ def kernel_calls(s: Size, device: torch.device, dtype: torch.dtype) -> dict[str,
             lambda: fused.rows_gemm(x, w1.transpose(1, 2), M, fused.STORE_ACT, z, a_rows=rows, c2=a, act=fused.GELU),
             lambda: torch.bmm(xg, w1.transpose(1, 2)), gflop),
         "fwd: GEMM 2, gate, scatter": (
-            lambda: fused.rows_gemm(a, w2.transpose(1, 2), M, fused.SCATTER_ADD, out, gate=gates, c_rows=rows),
+            lambda: fused.rows_gemm(a, w2.transpose(1, 2), M, fused.SCATTER_ADD, out, gate=gates, c_rows=rows,
+                                    act=fused.GELU),
             lambda: torch.bmm(zv, w2.transpose(1, 2)), gflop),
         "bwd: gather, dgrad 2, gate, GELU'": (
             lambda: fused.rows_gemm(dout, w2, M, fused.ACT_BACKWARD, dz, a_rows=rows, gate=gates, c2=z, dgate=dgate,
@@ -64,7 +65,7 @@ def kernel_calls(s: Size, device: torch.device, dtype: torch.dtype) -> dict[str,
             lambda: fused.rows_wgrad(dout, a, M, dw2, p_rows=rows, scale=gates),
             lambda: torch.bmm(doutg.transpose(1, 2), zv), gflop),
         "bwd: dgrad 1, scatter": (
-            lambda: fused.rows_gemm(dz, w1, M, fused.SCATTER_ADD, dx, c_rows=rows),
+            lambda: fused.rows_gemm(dz, w1, M, fused.SCATTER_ADD, dx, c_rows=rows, act=fused.GELU),
             lambda: torch.bmm(dzv, w1), gflop),
         "bwd: wgrad 1 over gathered rows": (
             lambda: fused.rows_wgrad(dz, x, M, dw1, q_rows=rows),

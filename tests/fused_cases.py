@@ -1,5 +1,6 @@
 """`PatchMoE(dispatch="fused")` against the gather path in float64: each case's largest error of the output and of
-every gradient, relative to the reference's largest magnitude. Run by tests/test_fused.py: in a subprocess with
+every gradient, relative to the reference's largest magnitude; the CUDA tile sizes on larger cases; calibration;
+refusals and an empty batch. Run by tests/test_fused.py: in a subprocess with
 TRITON_INTERPRET=1 on CPU (the kernels interpreted, fp32), in-process on CUDA (fp32 and bf16).
 
     TRITON_INTERPRET=1 PYTHONPATH=src python tests/fused_cases.py   # prints the errors as JSON
@@ -11,7 +12,9 @@ import json
 import torch
 from torch import nn
 
+from pmoe.errors import PmoeError
 from pmoe.layers import MlpExperts, PatchMoE
+from pmoe.layers import fused as fused_module
 from pmoe.layers.fused import runs_fused
 from pmoe.prune.surgery import prune_layer
 from pmoe.prune.usage import layer_usage, saliency
@@ -24,6 +27,10 @@ CASES = {
     "frozen output layer": (3, 10, 12, 20, 4, dict(l=3), dict(train_output=False), None),
     "pruned to 3 of 5": (4, 9, 12, 20, 5, dict(l=4), dict(), [0, 2, 3]),
     "sizes that fill the tiles": (4, 16, 32, 48, 2, dict(l=8), dict(), None),  # M, d, h multiples of 16 and 32
+}
+LARGE_CASES = {  # several of the CUDA tiles (CUDA_GEMM_TILES, CUDA_WGRAD_TILES), ragged and filled
+    "CUDA tiles, ragged": (9, 40, 140, 200, 2, dict(l=30), dict(), None),  # M = 270
+    "CUDA tiles, filled": (5, 64, 128, 192, 2, dict(l=64), dict(), None),  # M = 320, d and h multiples of 64
 }
 
 
@@ -71,17 +78,50 @@ def saliency_error(device: str, dtype: torch.dtype) -> float:
     return float((scores[0] - scores[1]).abs().max())
 
 
-def max_errors(device: str, dtype: torch.dtype) -> dict[str, float]:
-    """Case -> the largest relative error over the output and the gradients (fused in dtype vs gather in fp64)."""
+def relative_error(ref: torch.Tensor, got: torch.Tensor) -> float:
+    """Largest |got - ref| over ref's largest magnitude."""
+    ref, got = ref.detach().double().cpu(), got.detach().double().cpu()
+    return float((got - ref).abs().max() / ref.abs().max())
+
+
+def max_errors(device: str, dtype: torch.dtype, cases: dict = CASES) -> dict[str, float]:
+    """Case -> the largest relative error over the output and the gradients (fused in dtype vs gather in fp64), and
+    over the output of a forward without autograd (inference keeps no pre-activation)."""
     errors = {}
-    for name, case in CASES.items():
+    for name, case in cases.items():
         ref, fused = build(case, "gather").double(), build(case, "fused").to(device, dtype)  # the same weights
         x = torch.randn(case[0], case[1], case[2], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-        pairs = zip(outputs(ref, x), outputs(fused, x.to(device, dtype)))
-        errors[name] = max(float((b.detach().double().cpu() - a).abs().max() / a.abs().max()) for a, b in pairs)
+        errors[name] = max(relative_error(a, b) for a, b in zip(outputs(ref, x), outputs(fused, x.to(device, dtype))))
+        with torch.no_grad():
+            errors[f"{name}, inference"] = relative_error(ref(x).output, fused(x.to(device, dtype)).output)
     return errors
+
+
+def cuda_tiles() -> dict[str, float]:
+    """max_errors of LARGE_CASES run with the CUDA tile sizes (interpreted: fp32 on CPU)."""
+    tiles = fused_module.GEMM_TILES, fused_module.WGRAD_TILES
+    fused_module.GEMM_TILES, fused_module.WGRAD_TILES = fused_module.CUDA_GEMM_TILES, fused_module.CUDA_WGRAD_TILES
+    try:
+        return max_errors("cpu", torch.float32, LARGE_CASES)
+    finally:
+        fused_module.GEMM_TILES, fused_module.WGRAD_TILES = tiles
+
+
+def refusals_and_edges() -> dict[str, bool]:
+    """A bank of another dtype than its input is refused (outside autocast); an empty batch gives an empty output."""
+    case = CASES["gelu, bias, one tile"]
+    layer = build(case, "fused")
+    layer.router.double()  # fp64 patches and routing, an fp32 bank
+    try:
+        layer(torch.randn(*case[:3], dtype=torch.float64))
+        refused = False
+    except PmoeError as e:
+        refused = "give them one dtype" in str(e)
+    empty = build(case, "fused")(torch.randn(0, *case[1:3])).output.shape == (0, case[1], case[2])
+    return {"dtype mismatch refused": refused, "empty batch": empty}
 
 
 if __name__ == "__main__":
     print(json.dumps({"runs_fused": runs_fused(torch.zeros(1)), "errors": max_errors("cpu", torch.float32),
-                      "saliency_error": saliency_error("cpu", torch.float32)}))
+                      "cuda_tiles": cuda_tiles(), "saliency_error": saliency_error("cpu", torch.float32),
+                      "checks": refusals_and_edges()}))

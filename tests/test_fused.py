@@ -15,35 +15,51 @@ from torch import nn
 from pmoe.errors import PmoeError
 from pmoe.layers import ConvExperts, MlpExperts, PatchMoE
 from pmoe.layers.fused import runs_fused
-from pmoe.train.distributed.expert_parallel import check_divisible
+from pmoe.train.distributed.expert_parallel import check_shardable
+
+from fused_cases import CASES, LARGE_CASES, OneLayer, build, max_errors, outputs, saliency_error
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-from fused_cases import CASES, OneLayer, build, max_errors, outputs, saliency_error  # noqa: E402
 
 
 def test_interpreted_kernels_match_the_float64_gather_path(device):
     if device.type == "cuda":
         pytest.skip("on CUDA the compiled kernels are tested (below)")
+    pytest.importorskip("triton")  # scripts/setup.sh installs it beside a CPU build of torch
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(HERE.parent / "src")}
     done = subprocess.run([sys.executable, str(HERE / "fused_cases.py")], env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     assert result["runs_fused"], "the kernels did not run (the gather fallback did)"
-    assert set(result["errors"]) == set(CASES)
-    assert all(e < 1e-5 for e in result["errors"].values()), result["errors"]
+    assert len(result["errors"]) == 2 * len(CASES) and len(result["cuda_tiles"]) == 2 * len(LARGE_CASES)
+    errors = {**result["errors"], **result["cuda_tiles"]}
+    assert all(e < 5e-5 for e in errors.values()), errors  # fp32 rounding; a wrong kernel errs by > 0.05
     assert result["saliency_error"] == 0  # calibration calls the bank: both layers gather
+    assert all(result["checks"].values()), result["checks"]
 
 
 def test_kernels_on_cuda(device):
     if device.type != "cuda":
         pytest.skip("the compiled kernels need CUDA (PMOE_TEST_DEVICE=cuda); CPU runs them interpreted above")
     assert runs_fused(torch.zeros(1, device=device))
-    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
-        errors = max_errors(device.type, dtype)
+    for dtype, tol in ((torch.float32, 5e-5), (torch.bfloat16, 3e-2)):
+        errors = max_errors(device.type, dtype, {**CASES, **LARGE_CASES})
         assert all(e < tol for e in errors.values()), (dtype, errors)
     assert saliency_error(device.type, torch.float32) == 0
+    case = LARGE_CASES["CUDA tiles, ragged"]  # fp32 weights under bf16 autocast, as training runs them
+    x = torch.randn(*case[:3], device=device)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        pairs = zip(outputs(build(case, "gather").to(device), x), outputs(build(case, "fused").to(device), x))
+    errors = [float((b.float() - a.float()).abs().max() / a.float().abs().max()) for a, b in pairs]
+    assert max(errors) < 3e-2, errors
+
+
+def test_a_bank_changed_after_construction_is_refused_at_the_call():
+    layer = build(CASES["gelu, bias, one tile"], "fused")
+    layer.experts.act = nn.SiLU()
+    with pytest.raises(PmoeError, match="dispatch='fused' needs MlpExperts with GELU or ReLU"):
+        layer(torch.randn(2, 10, 12))
 
 
 def test_cpu_without_the_interpreter_gathers_the_same_values():
@@ -69,6 +85,6 @@ def test_banks_the_kernels_do_not_compute_are_refused(bank, options, what):
 
 def test_expert_parallelism_refuses_fused_layers():
     model = OneLayer(PatchMoE(MlpExperts(4, 8, 16), l=2, dispatch="fused"))
-    check_divisible(model, 1)  # one rank holds every expert: no exchange to hook
+    check_shardable(model, 1)  # one rank holds every expert: no exchange to hook
     with pytest.raises(PmoeError, match="MoE layer 0 runs its experts in fused kernels"):
-        check_divisible(model, 2)
+        check_shardable(model, 2)

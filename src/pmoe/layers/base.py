@@ -8,7 +8,9 @@ A `RoutedLayer` has
 * `groups`: expert groups routed apart (E³: its M members, group m = experts m*k/M .. (m+1)*k/M - 1), else 1;
 * `combine`: `sum` (output (B, n, d_out)) or `concat` (expert s fills channel block s: (B, n, k*d_out));
 * `route(x)` -> the routing of x; `aux_loss(routing)` -> its weighted auxiliary loss;
-  `forward(x, routing=None)` -> `MoEOutput` (output, routing, aux loss).
+  `forward(x, routing=None)` -> `MoEOutput` (output, routing, aux loss);
+* `calls_bank()`: whether a forward calls the bank as a module (its hooks see the routed rows), and the context
+  `calling_bank()` inside which it does (the same values): expert parallelism and calibration hook the bank.
 
 The one state a forward leaves is `last_routing`, the routing of the last call: `collect_aux_loss` and routing
 analysis read it, forward never does (torch.compile has nothing to guard on). Everything else is computed per call.
@@ -16,7 +18,8 @@ analysis read it, forward never does (torch.compile has nothing to guard on). Ev
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import NamedTuple
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +62,15 @@ class RoutedLayer(nn.Module, ABC):
     @abstractmethod
     def compute(self, x: Tensor, routing: Routing) -> Tensor:
         """x: (B, n, d) -> (B, n, d_out): the experts on the tokens `routing` gives them, combined."""
+
+    def calls_bank(self) -> bool:
+        """Whether a forward calls `experts` as a module (so its forward hooks run); True unless overridden."""
+        return True
+
+    @contextmanager
+    def calling_bank(self) -> Iterator[None]:
+        """Inside, a forward calls `experts` as a module (the same values); layers that always do change nothing."""
+        yield
 
     def aux_loss(self, routing: Routing) -> Tensor:
         """() auxiliary loss of a routing, weighted; 0 unless the layer has one (a plain tensor, as the gates)."""

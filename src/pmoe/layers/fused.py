@@ -18,15 +18,18 @@ from types import ModuleType
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
+from pmoe.errors import check
 from pmoe.layers.experts import MlpExperts
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# tile sizes: Inductor's best bmm template at ViT-B size on the H200 (BENCHMARKS.md, round 6); small when interpreted
-GEMM_TILES = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2) if INTERPRET else \
-    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)
-WGRAD_TILES = dict(BLOCK_P=16, BLOCK_Q=16, BLOCK_M=16) if INTERPRET else \
-    dict(BLOCK_P=128, BLOCK_Q=128, BLOCK_M=64, num_warps=8, num_stages=3)
+# tile sizes on CUDA: Inductor's best bmm template at ViT-B size on the H200 (BENCHMARKS.md, round 6); small ones
+# when interpreted (the tests also run the CUDA ones there)
+CUDA_GEMM_TILES = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)
+CUDA_WGRAD_TILES = dict(BLOCK_P=128, BLOCK_Q=128, BLOCK_M=64, num_warps=8, num_stages=3)
+GEMM_TILES = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2) if INTERPRET else CUDA_GEMM_TILES
+WGRAD_TILES = dict(BLOCK_P=16, BLOCK_Q=16, BLOCK_M=16) if INTERPRET else CUDA_WGRAD_TILES
 
 
 # `triton_kernels`' epilogues and activations (defined here: that module imports only where Triton is)
@@ -62,6 +65,7 @@ def runs_fused(x: Tensor) -> bool:
 
 
 def _blocks(size: int, block: int) -> int:
+    """Tiles of `block` that cover `size`."""
     return -(-size // block)
 
 
@@ -69,10 +73,11 @@ def _precision(t: Tensor) -> str:
     return "ieee" if t.dtype == torch.float32 else "tf32"  # fp32 stays fp32 (torch's default); ignored for bf16
 
 
-def rows_gemm(a: Tensor, b: Tensor, M: int, epilogue: int, c: Tensor, *, a_rows: Tensor | None = None,
+def rows_gemm(a: Tensor, b: Tensor, M: int, epilogue: int, c: Tensor, *, act: int, a_rows: Tensor | None = None,
               bias: Tensor | None = None, gate: Tensor | None = None, c2: Tensor | None = None,
-              c_rows: Tensor | None = None, dgate: Tensor | None = None, act: int = 0) -> None:
-    """a (R, K) rows (unit stride), b (k, K, N) any strides; writes c / c2 / dgate (`triton_kernels` epilogues)."""
+              c_rows: Tensor | None = None, dgate: Tensor | None = None) -> None:
+    """a (R, K) rows (unit stride), b (k, K, N) any strides; writes c / c2 / dgate (`triton_kernels` epilogues;
+    `act`, the bank's activation, is read by those that apply it)."""
     k, K, N = b.shape
     some = a  # stands in for the pointers an epilogue does not read
     grid = (_blocks(M, GEMM_TILES["BLOCK_M"]) * _blocks(N, GEMM_TILES["BLOCK_N"]), k)
@@ -98,24 +103,31 @@ def rows_wgrad(p: Tensor, q: Tensor, M: int, dw: Tensor, *, p_rows: Tensor | Non
 
 class FusedMlpExperts(torch.autograd.Function):
     """(x (N, d), rows (k*M,), gates (k*M,), w1 (k, h, d), b1 (k, 1, h) | None, w2 (k, d_out, h),
-    b2 (k, 1, d_out) | None, act) -> (N, d_out): the gated sum of each patch's expert outputs. x and the weights
-    share one dtype; rows and gates are expert-major."""
+    b2 (k, 1, d_out) | None, act, train) -> (N, d_out): the gated sum of each patch's expert outputs. x and the
+    contiguous weights share one dtype; rows and gates are expert-major; `train`: keep what the backward needs.
+    The sums run on atomics: not bitwise deterministic from run to run."""
 
     @staticmethod
     def forward(ctx, x: Tensor, rows: Tensor, gates: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor,
-                b2: Tensor | None, act: int) -> Tensor:
+                b2: Tensor | None, act: int, train: bool) -> Tensor:
         k, h, _ = w1.shape
         M = rows.numel() // k
-        z, a = x.new_empty(k * M, h), x.new_empty(k * M, h)  # (k*M, h) pre-activation and activation
-        rows_gemm(x, w1.transpose(1, 2), M, STORE_ACT, z, a_rows=rows, bias=b1, c2=a, act=act)
+        a = x.new_empty(k * M, h)  # (k*M, h) activation, and its pre-activation when training
+        if train:
+            z = x.new_empty(k * M, h)
+            rows_gemm(x, w1.transpose(1, 2), M, STORE_ACT, z, a_rows=rows, bias=b1, c2=a, act=act)
+            ctx.save_for_backward(x, rows, gates, w1, b1, w2, b2, z, a)
+            ctx.act = act
+        else:
+            rows_gemm(x, w1.transpose(1, 2), M, STORE, a, a_rows=rows, bias=b1, act=act)
         out = torch.zeros(x.shape[0], w2.shape[1], device=x.device, dtype=torch.float32)  # (N, d_out)
-        rows_gemm(a, w2.transpose(1, 2), M, SCATTER_ADD, out, bias=b2, gate=gates, c_rows=rows)
-        ctx.save_for_backward(x, rows, gates, w1, b1, w2, b2, z, a)
-        ctx.act = act
+        rows_gemm(a, w2.transpose(1, 2), M, SCATTER_ADD, out, bias=b2, gate=gates, c_rows=rows, act=act)
         return out.to(x.dtype)
 
     @staticmethod
-    def backward(ctx, dout: Tensor):
+    @once_differentiable
+    def backward(ctx, dout: Tensor) -> tuple[Tensor | None, ...]:
+        """dout (N, d_out) -> the gradients of x, gates and the weights that need one (module docstring)."""
         x, rows, gates, w1, b1, w2, b2, z, a = ctx.saved_tensors
         need = ctx.needs_input_grad
         k, M = w1.shape[0], rows.numel() // w1.shape[0]
@@ -132,18 +144,22 @@ class FusedMlpExperts(torch.autograd.Function):
             rows_wgrad(dout, a, M, dw2, p_rows=rows, scale=gates, db=db2)
         if need[0]:
             dx = torch.zeros(x.shape, device=x.device, dtype=torch.float32)
-            rows_gemm(dz, w1, M, SCATTER_ADD, dx, c_rows=rows)
+            rows_gemm(dz, w1, M, SCATTER_ADD, dx, c_rows=rows, act=ctx.act)
             dx = dx.to(x.dtype)
         if need[3] or need[4]:
             dw1, db1 = torch.empty_like(w1), None if b1 is None else torch.empty_like(b1)
             rows_wgrad(dz, x, M, dw1, q_rows=rows, db=db1)
-        return dx, None, dgate.to(gates.dtype) if need[2] else None, dw1, db1, dw2, db2, None
+        return dx, None, dgate.to(gates.dtype) if need[2] else None, dw1, db1, dw2, db2, None, None
 
 
 def fused_experts(experts: MlpExperts, x: Tensor, rows: Tensor, gates: Tensor) -> Tensor:
-    """x (N, d) patches, rows (k*M,) and gates (k*M,) expert-major -> (N, d_out) in x's dtype; the bank's weights
-    are cast to it (as autocast casts them for a GEMM)."""
-    def cast(w: Tensor | None) -> Tensor | None:
-        return None if w is None else w.to(x.dtype)
-    return FusedMlpExperts.apply(x.contiguous(), rows, gates, cast(experts.w1), cast(experts.b1), cast(experts.w2),
-                                 cast(experts.b2), fused_act(experts.act))
+    """x (N, d) patches, rows (k*M,) and gates (k*M,) expert-major -> (N, d_out) in x's dtype. Under autocast the
+    bank's weights are cast to it (as autocast casts them for a GEMM); otherwise they must have it."""
+    weights = [experts.w1, experts.b1, experts.w2, experts.b2]
+    if torch.is_autocast_enabled(x.device.type):
+        weights = [None if w is None else w.to(x.dtype) for w in weights]
+    check(all(w is None or w.dtype == x.dtype for w in weights),
+          f"the experts' weights are {experts.w1.dtype} and their input {x.dtype}: give them one dtype, or use autocast")
+    w1, b1, w2, b2 = (None if w is None else w.contiguous() for w in weights)
+    train = torch.is_grad_enabled() and any(t.requires_grad for t in (x, gates, *experts.parameters()))
+    return FusedMlpExperts.apply(x.contiguous(), rows, gates, w1, b1, w2, b2, fused_act(experts.act), train)

@@ -11,6 +11,8 @@ ones compute: what the others were sent is lost (V-MoE's pruned experts contribu
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -84,9 +86,6 @@ class PatchMoE(RoutedLayer):
         check(dispatch in DISPATCHES, f"dispatch must be one of {DISPATCHES}, got {dispatch!r}")
         check(dispatch != "dense" or isinstance(experts, MlpExperts),
               f"dispatch='dense' needs MlpExperts (shared rows), got {type(experts).__name__}")
-        check(dispatch != "fused" or (fusable(experts) and combine == "sum"),
-              f"dispatch='fused' needs MlpExperts with GELU or ReLU, no dropout, and combine='sum'; got "
-              f"{type(experts).__name__} with combine={combine!r}")
         check((l is None) != (num_selected is None),
               f"give one of l (patches per expert) and num_selected (experts per patch), got l={l}, "
               f"num_selected={num_selected}")
@@ -95,6 +94,28 @@ class PatchMoE(RoutedLayer):
         check(num_selected is None or 1 <= num_selected <= k, f"num_selected must be in 1..{k}, got {num_selected}")
         super().__init__(experts, router_std)
         self.l, self.num_selected, self.gate, self.combine, self.dispatch = l, num_selected, gate, combine, dispatch
+        self._check_fused()
+
+    def _check_fused(self) -> None:
+        """PmoeError if the dispatch is `fused` and the kernels cannot compute this layer (at init and every call:
+        the bank and the combine are plain attributes)."""
+        check(self.dispatch != "fused" or (fusable(self.experts) and self.combine == "sum"),
+              f"dispatch='fused' needs MlpExperts with GELU or ReLU, no dropout, and combine='sum'; got "
+              f"{type(self.experts).__name__} with combine={self.combine!r}")
+
+    def calls_bank(self) -> bool:
+        """The fused kernels read the bank's weights and never call it."""
+        return self.dispatch != "fused"
+
+    @contextmanager
+    def calling_bank(self) -> Iterator[None]:
+        """A fused layer gathers while inside (the same values)."""
+        dispatch = self.dispatch
+        self.dispatch = "gather" if dispatch == "fused" else dispatch
+        try:
+            yield
+        finally:
+            self.dispatch = dispatch
 
     def patches_per_expert(self, n: int) -> int:
         """l for samples of n patches: the fixed l, or ceil(n*K/k) (at most n)."""
@@ -115,9 +136,11 @@ class PatchMoE(RoutedLayer):
         B, n, d = x.shape
         k, l = index.shape[1:]
         rows = _expert_rows(index, n)  # (k*B*l,)
-        if self.dispatch == "fused" and runs_fused(x):
+        self._check_fused()
+        if self.dispatch == "fused" and runs_fused(x) and x.numel() > 0:
             gates = gates.transpose(0, 1).reshape(k * B * l)  # expert-major, as rows
-            return fused_experts(self.experts, _dispatch_dtype(x).reshape(B * n, d), rows, gates).view(B, n, -1)
+            out = fused_experts(self.experts, _dispatch_dtype(x).reshape(B * n, d), rows, gates)  # (B*n, d_out)
+            return out.view(B, n, out.shape[-1])
         if self.dispatch != "dense":
             xe = _gather_rows(_dispatch_dtype(x).reshape(B * n, d), rows).view(k, B * l, d)
             ye = self.experts(xe)  # (k, B*l, d_out)

@@ -27,20 +27,16 @@ RELU = tl.constexpr(fused.RELU)
 def _act(z, ACT: tl.constexpr):
     if ACT == GELU:  # exact (erf) GELU, nn.GELU()'s
         return 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
-    elif ACT == RELU:
+    else:  # RELU
         return tl.maximum(z, 0.0)
-    else:
-        return z
 
 
 @triton.jit
 def _act_grad(z, ACT: tl.constexpr):
     if ACT == GELU:
         return 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476)) + z * 0.3989422804014327 * tl.exp(-0.5 * z * z)
-    elif ACT == RELU:
+    else:  # RELU
         return (z > 0).to(tl.float32)
-    else:
-        return tl.full(z.shape, 1.0, tl.float32)
 
 
 @triton.jit
@@ -50,7 +46,7 @@ def rows_gemm_kernel(a_ptr, a_rows_ptr, b_ptr, bias_ptr, gate_ptr, c_ptr, c2_ptr
                      EPILOGUE: tl.constexpr, PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """Epilogues (acc = A-rows @ B[e], + bias[e] if HAS_BIAS):
-    STORE         C[row] = acc
+    STORE         C[row] = act(acc)                                     (inference: no pre-activation kept)
     STORE_ACT     C[row] = acc, C2[row] = act(acc)                      (pre-activation kept for the backward)
     SCATTER_ADD   C[c_rows[row]] += gate[row] * acc (fp32 C; gate if HAS_GATE)
     ACT_BACKWARD  acc = dY-rows @ W2[e]: dgate[row] += sum_n act(Z) * acc with Z = C2[row],
@@ -90,7 +86,7 @@ def rows_gemm_kernel(a_ptr, a_rows_ptr, b_ptr, bias_ptr, gate_ptr, c_ptr, c2_ptr
     mask = mask_m[:, None] & mask_n[None, :]
     c_offs = rows[:, None] * N + offs_n[None, :]
     if EPILOGUE == STORE:
-        tl.store(c_ptr + c_offs, acc.to(c_ptr.dtype.element_ty), mask=mask)
+        tl.store(c_ptr + c_offs, _act(acc, ACT).to(c_ptr.dtype.element_ty), mask=mask)
     elif EPILOGUE == STORE_ACT:
         tl.store(c_ptr + c_offs, acc.to(c_ptr.dtype.element_ty), mask=mask)
         tl.store(c2_ptr + c_offs, _act(acc, ACT).to(c2_ptr.dtype.element_ty), mask=mask)
@@ -98,10 +94,10 @@ def rows_gemm_kernel(a_ptr, a_rows_ptr, b_ptr, bias_ptr, gate_ptr, c_ptr, c2_ptr
         if HAS_GATE:
             acc *= tl.load(gate_ptr + rows, mask=mask_m, other=0.0).to(tl.float32)[:, None]
         c_rows = tl.load(c_rows_ptr + rows, mask=mask_m, other=0).to(tl.int64)
-        tl.atomic_add(c_ptr + c_rows[:, None] * N + offs_n[None, :], acc, mask=mask)
+        tl.atomic_add(c_ptr + c_rows[:, None] * N + offs_n[None, :], acc, mask=mask, sem="relaxed")
     else:
         z = tl.load(c2_ptr + c_offs, mask=mask, other=0.0).to(tl.float32)
-        tl.atomic_add(dgate_ptr + rows, tl.sum(_act(z, ACT) * acc, axis=1), mask=mask_m)
+        tl.atomic_add(dgate_ptr + rows, tl.sum(_act(z, ACT) * acc, axis=1), mask=mask_m, sem="relaxed")
         gate = tl.load(gate_ptr + rows, mask=mask_m, other=0.0).to(tl.float32)
         tl.store(c_ptr + c_offs, (acc * gate[:, None] * _act_grad(z, ACT)).to(c_ptr.dtype.element_ty), mask=mask)
 

@@ -9,8 +9,8 @@ all), and so does `gate-mass` with `softmax_selected` or `hard` gates (the l gat
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterable, Iterator
+from contextlib import ExitStack
+from typing import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -88,7 +88,9 @@ def layer_usage(model: nn.Module, calib: Iterable[Tensor]) -> list[LayerUsage]:
     model.eval()
     batches = 0
     try:
-        with banks_called(layers):
+        with ExitStack() as stack:  # the hooks read the bank's outputs: every layer calls its bank
+            for layer in layers:
+                stack.enter_context(layer.calling_bank())
             for x in calib:
                 model(x.to(device))
                 batches += 1
@@ -98,17 +100,3 @@ def layer_usage(model: nn.Module, calib: Iterable[Tensor]) -> list[LayerUsage]:
         model.train(was_training)
     check(batches > 0, "the calibration data is empty; data-driven criteria need at least one batch")
     return tallies
-
-
-@contextmanager
-def banks_called(layers: list[nn.Module]) -> Iterator[None]:
-    """Patch layers with `dispatch="fused"` gather instead (the same values) while inside: their kernels never call
-    the bank, whose outputs the hooks read."""
-    fused = [layer for layer in layers if isinstance(layer, PatchMoE) and layer.dispatch == "fused"]
-    for layer in fused:
-        layer.dispatch = "gather"
-    try:
-        yield
-    finally:
-        for layer in fused:
-            layer.dispatch = "fused"

@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from torch.distributed import ProcessGroup
 
 from pmoe.errors import check
-from pmoe.layers import PatchMoE
 from pmoe.prune.surgery import slice_bank
 
 
@@ -67,15 +66,15 @@ def expert_params(model: nn.Module, ep: int) -> list[nn.Parameter]:
     return [p for bank in sharded_banks(model, ep) for p in bank.parameters()]
 
 
-def check_divisible(model: nn.Module, ep: int) -> None:
+def check_shardable(model: nn.Module, ep: int) -> None:
     """PmoeError unless `ep` divides the experts of every routed layer of `model` (k'; kept after pruning) and, with
-    ep > 1, every layer calls its bank (the exchange hooks it: `PatchMoE(dispatch="fused")` runs it in kernels)."""
+    ep > 1, every layer calls its bank (the exchange hooks it; `PatchMoE(dispatch="fused")` runs it in kernels)."""
     for i, layer in enumerate(model.moe_layers()):
         k = layer.experts.num_experts
         kind = "experts" if layer.kept is None else f"experts kept (of {layer.num_experts}) by zero-mode pruning"
         check(k % ep == 0, f"MoE layer {i} has {k} {kind}; --expert-parallel {ep} must divide that number, so "
                            "that each EP rank holds the same number of experts")
-        check(ep == 1 or not (isinstance(layer, PatchMoE) and layer.dispatch == "fused"),
+        check(ep == 1 or layer.calls_bank(),
               f"MoE layer {i} runs its experts in fused kernels (dispatch='fused'), which expert parallelism cannot "
               "exchange rows for; use dispatch='gather' (the same values) with --expert-parallel > 1")
 
@@ -85,7 +84,7 @@ def shard_experts(model: nn.Module, group: ProcessGroup) -> None:
     other ranks of `group` in every forward. With E = 1 every rank holds every expert: nothing changes (the
     exchange would only copy the rows, ~5% of a ViT-B-sized layer's time on an H200)."""
     E, e, exchange = dist.get_world_size(group), dist.get_rank(group), ExpertExchange(group)
-    check_divisible(model, E)
+    check_shardable(model, E)
     for bank in sharded_banks(model, E):
         k = bank.num_experts
         slice_bank(bank, torch.arange(e * k // E, (e + 1) * k // E, device=next(bank.parameters()).device))
