@@ -2,8 +2,8 @@
 # Issue 16's measurements on one GPU in one call, in the order that matters most (each step stops at its own limit,
 # so that one slow compile cannot take the rest down): the fused kernels' CUDA test, each fused kernel against cuBLAS,
 # the layers eager (autocast, bf16 weights) and compiled, ViT-MoE-S training eager, and whether the fused layer
-# compiles. About 10 minutes on
-# an H200 (the limits add up to 590 s). Results (JSON + markdown) land in OUT; BENCHMARKS.md quotes them.
+# compiles. About 10 minutes on an H200 (the limits add up to 590 s). Results (JSON + markdown) land in OUT;
+# BENCHMARKS.md quotes them.
 #   bash benchmarks/issue16_h200.sh OUT
 set -u
 out=${1:?usage: issue16_h200.sh OUT}
