@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -108,6 +109,9 @@ def test_n_over_l_experiment_reports_samples_needed(tmp_path, capsys):
     assert "samples_needed_vs_n_over_l" in " ".join(p.name for p in tmp_path.iterdir())
     report = last_json(capsys)["report"]
     assert "| n | n/l |" in report and "| model | exponent b [95% CI] | draws |" in report
+    rows = [line for line in report.splitlines() if line.startswith(("| 4 | 2 |", "| 8 | 4 |", "| 16 | 8 |"))]
+    cells = [c.strip() for row in rows for c in row.strip("|").split("|")[2:]]  # one N: every need is off the grid
+    assert len(cells) == 6 and all(c == "≤ 20" or re.fullmatch(r"> 20 \(0\.\d\d at 20\)", c) for c in cells), cells
 
 
 def test_bad_model_spec_in_experiment(tmp_path, capsys):

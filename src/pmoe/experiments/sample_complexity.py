@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from pmoe.analysis.rates import fit_rate
+from pmoe.analysis.rates import Curves, fit_rate
 from pmoe.errors import check
 from pmoe.experiments.flags import add_out, add_theory_args, add_workers, theory_changes
 from pmoe.experiments.runner import Job, run_jobs
@@ -167,53 +168,57 @@ def _routing_table(samples: list[int], models: list[str], agg: dict[tuple, dict]
             + markdown_table(["N"] + header, rows))
 
 
-def rates(cfg: SampleComplexityConfig, results: list[dict]) -> dict[str, dict]:
-    """Model spec -> `fit_rate` of its samples needed against n, with Table 1's rate in n ('theory')."""
-    out = {}
-    for m in cfg.models:
-        curves: dict = {}
-        for r in results:
-            if r["spec"] == m:
-                curves.setdefault(r["n"], {}).setdefault(r["samples"], []).append(r["test_accuracy"])
-        out[m] = {**fit_rate(curves, cfg.target), "theory": THEORY[parse_model(m)[0]]}
+def curves(results: list[dict], spec: str) -> Curves:
+    """n -> N -> the seeds' test accuracies of model `spec`."""
+    out: Curves = {}
+    for r in results:
+        if r["spec"] == spec:
+            out.setdefault(r["n"], {}).setdefault(r["samples"], []).append(r["test_accuracy"])
     return out
 
 
-def _rates_table(cfg: SampleComplexityConfig, fits: dict[str, dict]) -> str:
-    """Markdown: each model's fitted exponent of n with its interval, its N needed per n, Table 1's rate."""
-    show = lambda v: f"{v:.0f}" if v else "–"  # noqa: E731
-    exp = lambda f: (f"{f['exponent']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]" if f["ci"] else  # noqa: E731
-                     f"{f['exponent']:.2f}" if f["exponent"] is not None else "– (< 2 points in the grid)")
-    rows = [[m, exp(f), f["resamples"], *(show(f["points"][n]) for n in cfg.n_values), f["theory"]]
-            for m, f in fits.items()]
-    return (f"Fitted exponent b of N-needed ~ n^b (least squares of log N on log n over the n whose need lies inside "
-            f"the N grid; N interpolated in log N where the median accuracy over seeds crosses {cfg.target:.0%}), 95% "
-            "percentile interval from a bootstrap over seeds (draws kept: those in which every fitted n stays inside "
-            "the grid); "
-            "Table 1's rates are upper bounds on the samples needed, so a smaller fitted exponent does not "
-            "contradict them, and '–' (outside the grid) leaves an n out of the fit:\n\n"
-            + markdown_table(["model", "exponent b [95% CI]", "draws", *(f"N at n={n}" for n in cfg.n_values),
-                              "Table 1"], rows))
+def rates(cfg: SampleComplexityConfig, results: list[dict]) -> dict[str, dict]:
+    """Model spec -> `fit_rate` of its samples needed against n, with Table 1's rate in n ('theory')."""
+    return {m: {**fit_rate(curves(results, m), cfg.target), "theory": THEORY[parse_model(m)[0]]} for m in cfg.models}
+
+
+def _needed_cell(curve: dict[int, list[float]], needed: float | None, target: float) -> str:
+    """N needed as the report shows it: interpolated, or where the median curve lies outside the N grid."""
+    if needed is not None:
+        return f"{needed:.0f}"
+    first, last = min(curve), max(curve)
+    if statistics.median(curve[first]) >= target:
+        return f"≤ {first}"
+    return f"> {last} ({statistics.median(curve[last]):.2f} at {last})"
 
 
 def _n_over_l_report(cfg: SampleComplexityConfig, results: list[dict], out: Path, fits: dict[str, dict]) -> str:
-    agg = aggregate(results, ("n", "spec", "samples"))
-    needed = {m: [] for m in cfg.models}
-    for m in cfg.models:
-        for n in cfg.n_values:
-            needed[m].append(next((N for N in cfg.samples if agg[(n, m, N)]["acc"][0] >= cfg.target), None))
-    ratio = [n / cfg.l for n in cfg.n_values]
-    series = {m: ([r for r, v in zip(ratio, needed[m]) if v], [v for v in needed[m] if v],
-                  [0.0 for v in needed[m] if v]) for m in cfg.models}
+    """Per model and n the samples needed (the fit's points: the seeds' median crossing the target, interpolated in
+    log N), their plot, the fitted exponents, and every run's accuracy."""
+    ratio = {n: n / cfg.l for n in cfg.n_values}
+    points = {m: {n: fits[m]["points"][n] for n in cfg.n_values} for m in cfg.models}
+    series = {m: ([ratio[n] for n, v in p.items() if v], [v for v in p.values() if v], [0.0 for v in p.values() if v])
+              for m, p in points.items()}
     line_plot(out / "samples_needed_vs_n_over_l.png", series, "n / l", f"samples to reach {cfg.target:.0%}",
-              f"synthetic data, l={cfg.l}, mean over {cfg.seeds} seeds", logx=True)
-    show = lambda v: str(v) if v else f"> {max(cfg.samples)}"  # noqa: E731
-    text = markdown_table(["n", "n/l"] + [f"{m}: N to {cfg.target:.0%}" for m in cfg.models],
-                          [[n, f"{n / cfg.l:g}"] + [show(needed[m][i]) for m in cfg.models]
-                           for i, n in enumerate(cfg.n_values)])
+              f"synthetic data, l={cfg.l}, median over {cfg.seeds} seeds", logx=True)
+    runs = {m: curves(results, m) for m in cfg.models}
+    text = (f"Samples needed: the N at which the median test accuracy over the seeds reaches {cfg.target:.0%}, "
+            "interpolated in log N between the grid points around the crossing (≤ / >: outside the grid):\n\n"
+            + markdown_table(["n", "n/l"] + [f"{m}: N to {cfg.target:.0%}" for m in cfg.models],
+                             [[n, f"{ratio[n]:g}"] + [_needed_cell(runs[m][n], points[m][n], cfg.target)
+                                                      for m in cfg.models] for n in cfg.n_values]))
+    exp = lambda f: (f"{f['exponent']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]" if f["ci"] else  # noqa: E731
+                     f"{f['exponent']:.2f}" if f["exponent"] is not None else "– (< 2 points in the grid)")
+    fit = ("Fitted exponent b of N-needed ~ n^b (least squares of log N on log n over the n whose need lies inside "
+           "the N grid), 95% percentile interval from a bootstrap over seeds (draws kept: those in which every fitted "
+           "n stays inside the grid); Table 1's rates are upper bounds on the samples needed, so a smaller fitted "
+           "exponent does not contradict them:\n\n"
+           + markdown_table(["model", "exponent b [95% CI]", "draws", "Table 1"],
+                            [[m, exp(f), f["resamples"], f["theory"]] for m, f in fits.items()]))
+    agg = aggregate(results, ("n", "spec", "samples"))
     rows = [[n, m, N, f"{a['acc'][0]:.3f} ± {a['acc'][1]:.3f}"] for (n, m, N), a in agg.items()]
-    return (text + "\n" + _rates_table(cfg, fits) + "\nAll runs:\n\n"
-            + markdown_table(["n", "model", "N", "test accuracy"], rows))
+    return text + "\n\n" + fit + "\n\nAll runs (mean ± std over seeds):\n\n" + markdown_table(
+        ["n", "model", "N", "test accuracy"], rows)
 
 
 def run_experiment(cfg: SampleComplexityConfig, out_dir: str | Path, workers: int | None = None,
