@@ -137,7 +137,7 @@ class FusedMlpExperts(torch.autograd.Function):
         rows_gemm(dout, w2, M, ACT_BACKWARD, dz, a_rows=rows, gate=gates, c2=z, dgate=dgate, act=ctx.act)
         if b2 is not None:  # the output bias's share of <expert output, dout>
             experts = torch.arange(k, device=x.device).repeat_interleave(M)  # (k*M,)
-            dgate += (dout.float() @ b2[:, 0].float().t())[rows, experts]
+            dgate += (dout @ b2[:, 0].t()).float()[rows, experts]  # (N, k) in the compute dtype, fp32 sums
         dw2 = db2 = dx = dw1 = db1 = None
         if need[5] or need[6]:
             dw2, db2 = torch.empty_like(w2), None if b2 is None else torch.empty_like(b2)
