@@ -60,7 +60,9 @@ def test_bad_domain_options_are_refused(idx_dir, options, message):
 
 @pytest.mark.parametrize("flags,message", [(["--task", "nowhere"], "task must be a domain"),
                                            (["--models", "vit-tiny"], "not a vision preset with MoE layers"),
-                                           (["--methods", "magic"], "methods must be names")])
+                                           (["--methods", "magic"], "methods must be names"),
+                                           (["--finetune-lr", "-0.1"], "finetune_lr must be > 0"),
+                                           (["--finetune-lr", "nan"], "finetune_lr must be > 0")])
 def test_bad_flags_are_one_error_line(tmp_path, capsys, flags, message):
     assert main(["experiment", "prune-domains", "--quick", "--out", str(tmp_path / "r"), *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -74,6 +76,19 @@ def tiny(idx_dir: str) -> PruneDomainsConfig:
                               batch_size=30, finetune_steps=2, pruned=[2, 6],
                               methods=["router-norm-change", "random", "frequency"], post_steps=1, calib_samples=20,
                               device="cpu")
+
+
+def test_task_fine_tune_is_the_official_sgd_or_the_presets_adamw():
+    sgd = PruneDomainsConfig().fit_config("vit-moe-tiny", seed=0, finetune=True)
+    o = sgd.optim
+    assert (o.name, o.lr, o.momentum, o.weight_decay, o.clip_norm) == ("sgd", 0.01, 0.9, 0.0, 10.0)
+    assert sgd.max_steps == 150 and not sgd.augment
+    adamw = PruneDomainsConfig(finetune_optimizer="adamw").fit_config("vit-moe-tiny", seed=0, finetune=True).optim
+    preset = PruneDomainsConfig().fit_config("vit-moe-tiny", seed=0, finetune=False).optim  # the tiny recipe's AdamW
+    assert (adamw.name, adamw.lr, adamw.weight_decay, adamw.clip_norm) == ("adamw", 3e-4, preset.weight_decay,
+                                                                           preset.clip_norm)
+    with pytest.raises(PmoeError, match="finetune_optimizer must be one of"):
+        PruneDomainsConfig(finetune_optimizer="lion")
 
 
 def test_experiment_end_to_end_report_is_consistent(tmp_path, idx_dir):

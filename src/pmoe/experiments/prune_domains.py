@@ -55,6 +55,9 @@ MODELS = ("vit-moe-tiny", "e3-tiny")
 RUNTIME = ("models", "seeds", "device")  # fields a resumed experiment may change
 
 
+FINETUNE_LR = {"sgd": 0.01, "adamw": 3e-4}  # the task fine-tune's optimizers and their default peak lr
+
+
 @dataclass
 class PruneDomainsConfig:
     models: list[str] = field(default_factory=lambda: list(MODELS))  # vision presets with MoE layers
@@ -73,7 +76,10 @@ class PruneDomainsConfig:
     batch_size: int = 256  # pretraining
     lr: float = 1e-3  # pretraining peak lr (AdamW, the tiny recipe's)
     finetune_steps: int = 150
-    finetune_lr: float = 3e-4  # AdamW, batch 128
+    # the task fine-tune's optimizer: sgd as the official code's (momentum 0.9, no weight decay, clip 10; Δ's theory
+    # is SGD's: AdamW moves every router coordinate by about its lr whatever its gradient), or adamw (the presets')
+    finetune_optimizer: str = "sgd"
+    finetune_lr: float | None = None  # None: 0.01 for sgd, 3e-4 for adamw (batch 128)
     pruned: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6, 7])  # experts pruned per layer
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     post_steps: int = 50  # post-pruning fine-tune steps (0: none)
@@ -92,6 +98,9 @@ class PruneDomainsConfig:
         self.domains_config()  # refuse bad data options now
         check(len(self.methods) > 0 and all(m in METHODS for m in self.methods),
               f"methods must be names of {list(METHODS)}, got {self.methods}")
+        check(self.finetune_optimizer in FINETUNE_LR, f"finetune_optimizer must be one of {list(FINETUNE_LR)}, got "
+                                                      f"{self.finetune_optimizer!r}")
+        check(self.finetune_lr is None or self.finetune_lr > 0, f"finetune_lr must be > 0, got {self.finetune_lr}")
 
     def domains_config(self, domain: str | None = None) -> DomainsConfig:
         cfg = DomainsConfig(**self.data, domain=domain)
@@ -115,8 +124,10 @@ class PruneDomainsConfig:
             return override(base, lr=self.lr, epochs=self.epochs, batch_size=self.batch_size, augment=False)
         images = self.domains_config().train_per_domain
         batch = min(128, images)
-        cfg = override(base, lr=self.finetune_lr, epochs=-(-self.finetune_steps // (images // batch)),
-                       batch_size=batch, augment=False)
+        official = dict(momentum=0.9, weight_decay=0.0, clip_norm=10.0) if self.finetune_optimizer == "sgd" else {}
+        cfg = override(base, optimizer=self.finetune_optimizer,
+                       lr=self.finetune_lr or FINETUNE_LR[self.finetune_optimizer],
+                       epochs=-(-self.finetune_steps // (images // batch)), batch_size=batch, augment=False, **official)
         return replace(cfg, max_steps=self.finetune_steps)
 
     def sweep_config(self, model: str, seed: int) -> SweepConfig:
@@ -149,6 +160,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", help=f"the fine-tuning domain, one of {', '.join(DOMAINS)} (default: inverted)")
     p.add_argument("--epochs", type=positive_int, help="pretraining epochs over the mixture")
     p.add_argument("--finetune-steps", type=positive_int, help="fine-tuning steps on the task domain")
+    p.add_argument("--finetune-optimizer", choices=list(FINETUNE_LR),
+                   help="the task fine-tune's optimizer: sgd (default; the official code's, momentum 0.9, clip 10) or "
+                        "adamw (the presets')")
+    p.add_argument("--finetune-lr", type=float,
+                   help="the task fine-tune's peak lr (default 0.01 for sgd, 3e-4 for adamw)")
     p.add_argument("--post-steps", type=int, help="post-pruning fine-tune steps (0: none)")
     p.add_argument("--group-images", type=positive_int,
                    help="token-routing groups of ViT-MoE and E3, in images (default 8, vmoe's; 1: the presets' per "
@@ -160,8 +176,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config(args: argparse.Namespace) -> PruneDomainsConfig:
-    names = ("models", "seeds", "task", "epochs", "finetune_steps", "post_steps", "group_images", "methods", "data_dir",
-             "device")
+    names = ("models", "seeds", "task", "epochs", "finetune_steps", "finetune_optimizer", "finetune_lr", "post_steps",
+             "group_images", "methods", "data_dir", "device")
     return replace(QUICK if args.quick else FULL, **given(args, names))
 
 
