@@ -56,6 +56,8 @@ RUNTIME = ("models", "seeds", "device")  # fields a resumed experiment may chang
 
 
 FINETUNE_LR = {"sgd": 0.01, "adamw": 3e-4}  # the task fine-tune's optimizers and their default peak lr
+# the official code's fine-tuning SGD (task and post-pruning fine-tunes), besides its lr
+OFFICIAL_SGD = dict(momentum=0.9, weight_decay=0.0, clip_norm=10.0)
 
 
 @dataclass
@@ -124,7 +126,7 @@ class PruneDomainsConfig:
             return override(base, lr=self.lr, epochs=self.epochs, batch_size=self.batch_size, augment=False)
         images = self.domains_config().train_per_domain
         batch = min(128, images)
-        official = dict(momentum=0.9, weight_decay=0.0, clip_norm=10.0) if self.finetune_optimizer == "sgd" else {}
+        official = OFFICIAL_SGD if self.finetune_optimizer == "sgd" else {}
         cfg = override(base, optimizer=self.finetune_optimizer,
                        lr=self.finetune_lr or FINETUNE_LR[self.finetune_optimizer],
                        epochs=-(-self.finetune_steps // (images // batch)), batch_size=batch, augment=False, **official)
@@ -132,8 +134,8 @@ class PruneDomainsConfig:
 
     def sweep_config(self, model: str, seed: int) -> SweepConfig:
         """Every method at the pruned counts `model` can take (E³: multiples of its members)."""
-        post = FinetuneConfig(steps=self.post_steps, seed=seed, optimizer="sgd", lr=0.01, momentum=0.9,
-                              weight_decay=0.0, clip_norm=10.0, augment=False)
+        post = FinetuneConfig(steps=self.post_steps, seed=seed, optimizer="sgd", lr=FINETUNE_LR["sgd"], augment=False,
+                              **OFFICIAL_SGD)
         return SweepConfig(methods=list(self.methods), ratios=[p / self.experts for p in self.counts(model)],
                            seed=seed, calib_samples=self.calib_samples, finetune=post)
 
