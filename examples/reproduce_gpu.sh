@@ -9,18 +9,21 @@
 #   spurious          section 5 as published (N 1000 4000, 3 seeds)
 #   prune             section 6 (pretrain, fine-tune, prune-sweep the tiny ViT-MoE and E3)
 #   wrn-recipe        section 4 with the paper's recipe: wrn-cifar vs wrn-pmoe-cifar, 50 epochs, no augmentation,
-#                     5 seeds, N 2000..16000 (40 runs, 15M training images; on one H200 26 runs, those of N <= 8000
-#                     less four, took 8-9 min with 3 or 8 workers: about 18 min in all; docs/results/image-samples-paper
-#                     holds those 26, copy its runs/ into OUT/image-samples-paper first to resume from them)
+#                     5 seeds, N 2000..16000 (40 runs, 15M training images; on one H200 beside the other
+#                     sweeps: 26 runs in one call of 9 min, the other 14 in about 23 min more over three calls;
+#                     docs/results/image-samples-paper holds all 40 runs: copied into OUT/image-samples-paper, the
+#                     sweep reads them back and only rebuilds the report)
 #   spurious-full     section 5 in full, two sweeps of the tiny pair, 5 seeds: N 1000 4000 8000 12000 at the data's
 #                     strength (train_ratio 0.95), and the strength swept (0.75 0.9 0.95 0.99) at N = 4000 (70 runs,
-#                     21M training images; about 7 min on one H200 at the rate measured for 160 runs, 50M, 17 min)
+#                     21M training images; on one H200 beside wrn-recipe and prune-domains, 24 min over three calls)
 #   theory-rates      section 2's fitted exponents on the finer n/l grid (CPU only: 1680 runs, about 3.5 min on 12
 #                     cores of the H200 host; not resumable: it must finish within one call)
 #   prune-domains     section 6 b: pretrain ViT-MoE and E3 on four image domains, fine-tune on one, prune 2..7 of 8
-#                     with every criterion, 5 seeds (about 5 min on one H200 with 4 workers; resumable)
-# wrn-recipe, spurious-full and theory-rates together: about 15 min on 2 H200s (32 cores). A device session's calls
-# last about 10 minutes: run them with LIMIT=560 and call again until every log ends with a summary. The run folders
+#                     with every criterion, 5 seeds (about 5 min on one H200 with 4 workers, 12 min beside the
+#                     wrn-recipe and spurious-full sweeps; resumable)
+# Measured together on one H200: wrn-recipe (its last 14 runs), spurious-full and prune-domains, 24 min of wall time
+# in three calls (LIMIT=540 twice, 510). A device session's calls last about 10 minutes: run them with LIMIT=540 and
+# call again at once (the machine must stay warm) until every log ends with a summary. The run folders
 # persist only where OUT survives between calls: on a lent machine, a folder outside the repository copy (e.g.
 # /tmp/repro), kept while the machine stays warm (a folder inside it, ignored or not, was gone at the next call);
 # a fresh machine starts bare, so bring the finished runs' config.json files back every call (they are enough to
