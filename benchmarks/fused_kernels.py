@@ -1,6 +1,7 @@
-"""Time each Triton kernel of the fused patch layer (`pmoe.layers.fused`) alone, at several tile sizes, beside the
-cuBLAS GEMM of the same shape on pre-gathered rows: which kernel keeps `PatchMoE(dispatch="fused")` from the floor,
-and which tiles suit each. Sizes as in benchmarks/moe_layers.py; bf16; median ms of --reps calls in turn.
+"""Time each GEMM of the fused patch layer (`pmoe.layers.fused`) alone beside the cuBLAS GEMM of the same shape on
+pre-gathered rows: the Triton kernels at several tile sizes (which suit each epilogue), the weight gradients (cuBLAS
+over routed copies) with their gathers. Which GEMM keeps `PatchMoE(dispatch="fused")` from the floor. Sizes as in
+benchmarks/moe_layers.py; bf16; median ms of --reps calls in turn.
 
     python benchmarks/fused_kernels.py --size vit-b --out benchmarks/results/fused_kernels_h200
     TRITON_INTERPRET=1 python benchmarks/fused_kernels.py --size tiny --reps 1 --device cpu --dtype float32  # runs
@@ -24,9 +25,6 @@ GEMM_TILES = [  # BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages
     (128, 128, 64, 8, 4, 3), (128, 128, 64, 8, 8, 4), (128, 256, 64, 8, 8, 3), (256, 128, 64, 8, 8, 3),
     (64, 128, 64, 8, 4, 4), (128, 64, 64, 8, 4, 4),
 ]
-WGRAD_TILES = [  # BLOCK_P, BLOCK_Q, BLOCK_M, num_warps, num_stages
-    (128, 128, 64, 8, 3), (128, 128, 64, 4, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4), (128, 128, 32, 4, 4),
-]
 
 
 def kernel_calls(s: Size, device: torch.device, dtype: torch.dtype) -> dict[str, tuple[Callable, Callable, float]]:
@@ -45,7 +43,6 @@ def kernel_calls(s: Size, device: torch.device, dtype: torch.dtype) -> dict[str,
     z, a, dz = rand(s.k * M, s.h), rand(s.k * M, s.h), rand(s.k * M, s.h)
     out, dx = (torch.zeros(s.B * s.n, s.d, device=device) for _ in range(2))
     dgate = torch.zeros(s.k * M, device=device)
-    dw1, dw2 = torch.empty_like(w1), torch.empty_like(w2)
     xg, doutg = x[rows].view(s.k, M, s.d), dout[rows].view(s.k, M, s.d)  # the gathered copies cuBLAS needs
     zv, dzv = z.view(s.k, M, s.h), dz.view(s.k, M, s.h)
     gflop = 2 * s.k * M * s.d * s.h / 1e9
@@ -61,14 +58,14 @@ def kernel_calls(s: Size, device: torch.device, dtype: torch.dtype) -> dict[str,
             lambda: fused.rows_gemm(dout, w2, M, fused.ACT_BACKWARD, dz, a_rows=rows, gate=gates, c2=z, dgate=dgate,
                                     act=fused.GELU),
             lambda: torch.bmm(doutg, w2), gflop),
-        "bwd: wgrad 2 over gathered rows": (
-            lambda: fused.rows_wgrad(dout, a, M, dw2, p_rows=rows, scale=gates),
+        "bwd: wgrad 2, gathered and gated copy": (
+            lambda: fused.rows_wgrad(dout, a, s.k, p_rows=rows, scale=gates),
             lambda: torch.bmm(doutg.transpose(1, 2), zv), gflop),
         "bwd: dgrad 1, scatter": (
             lambda: fused.rows_gemm(dz, w1, M, fused.SCATTER_ADD, dx, c_rows=rows, act=fused.GELU),
             lambda: torch.bmm(dzv, w1), gflop),
-        "bwd: wgrad 1 over gathered rows": (
-            lambda: fused.rows_wgrad(dz, x, M, dw1, q_rows=rows),
+        "bwd: wgrad 1, gathered copy": (
+            lambda: fused.rows_wgrad(dz, x, s.k, q_rows=rows),
             lambda: torch.bmm(dzv.transpose(1, 2), xg), gflop),
     }
 
@@ -85,13 +82,12 @@ def main() -> None:
     calls = kernel_calls(s, device, dtype)
     cublas = medians_ms(device, {name: c[1] for name, c in calls.items()}, args.reps, warmup=3)
     rows = []
+    keys = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
     for name, (call, _, gflop) in calls.items():
-        wgrad = "wgrad" in name
-        for tiles in (WGRAD_TILES if wgrad else GEMM_TILES):
-            keys = ("BLOCK_P", "BLOCK_Q", "BLOCK_M", "num_warps", "num_stages") if wgrad else \
-                ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
-            config = dict(zip(keys, tiles))
-            setattr(fused, "WGRAD_TILES" if wgrad else "GEMM_TILES", config)
+        for tiles in ([None] if "wgrad" in name else GEMM_TILES):  # the weight gradients run on cuBLAS
+            config = {"gemm": "cuBLAS on routed copies"} if tiles is None else dict(zip(keys, tiles))
+            if tiles is not None:
+                fused.GEMM_TILES = dict.fromkeys(fused.EPILOGUES, config)
             ms = medians_ms(device, {name: call}, args.reps, warmup=2)[name]
             rows.append({"kernel": name, "tiles": config, "ms": round(ms, 4), "cublas_ms": round(cublas[name], 4),
                          "tflops": round(gflop / ms, 1), "vs_cublas": round(ms / cublas[name], 3)})

@@ -28,9 +28,9 @@ CASES = {
     "pruned to 3 of 5": (4, 9, 12, 20, 5, dict(l=4), dict(), [0, 2, 3]),
     "sizes that fill the tiles": (4, 16, 32, 48, 2, dict(l=8), dict(), None),  # M, d, h multiples of 16 and 32
 }
-LARGE_CASES = {  # several of the CUDA tiles (CUDA_GEMM_TILES, CUDA_WGRAD_TILES), ragged and filled
+LARGE_CASES = {  # several of the CUDA tiles (CUDA_GEMM_TILES), ragged and filled
     "CUDA tiles, ragged": (9, 40, 140, 200, 2, dict(l=30), dict(), None),  # M = 270
-    "CUDA tiles, filled": (5, 64, 128, 192, 2, dict(l=64), dict(), None),  # M = 320, d and h multiples of 64
+    "CUDA tiles, filled": (4, 64, 256, 256, 2, dict(l=64), dict(), None),  # M, d, h = 256: every tile whole
 }
 
 
@@ -98,13 +98,13 @@ def max_errors(device: str, dtype: torch.dtype, cases: dict = CASES) -> dict[str
 
 
 def cuda_tiles() -> dict[str, float]:
-    """max_errors of LARGE_CASES run with the CUDA tile sizes (interpreted: fp32 on CPU)."""
-    tiles = fused_module.GEMM_TILES, fused_module.WGRAD_TILES
-    fused_module.GEMM_TILES, fused_module.WGRAD_TILES = fused_module.CUDA_GEMM_TILES, fused_module.CUDA_WGRAD_TILES
+    """max_errors of LARGE_CASES run with the CUDA tile sizes of every epilogue (interpreted: fp32 on CPU)."""
+    tiles = fused_module.GEMM_TILES
+    fused_module.GEMM_TILES = fused_module.CUDA_GEMM_TILES
     try:
         return max_errors("cpu", torch.float32, LARGE_CASES)
     finally:
-        fused_module.GEMM_TILES, fused_module.WGRAD_TILES = tiles
+        fused_module.GEMM_TILES = tiles
 
 
 def refusals_and_edges() -> dict[str, bool]:

@@ -14,7 +14,7 @@ from torch import nn
 
 from pmoe.errors import PmoeError
 from pmoe.layers import ConvExperts, MlpExperts, PatchMoE
-from pmoe.layers.fused import runs_fused
+from pmoe.layers.fused import CUDA_GEMM_TILES, SCATTER_ADD, STORE_ACT, fit_stages, runs_fused
 from pmoe.train.distributed.expert_parallel import check_shardable
 
 from fused_cases import CASES, LARGE_CASES, OneLayer, build, max_errors, outputs, saliency_error
@@ -53,6 +53,17 @@ def test_kernels_on_cuda(device):
         pairs = zip(outputs(build(case, "gather").to(device), x), outputs(build(case, "fused").to(device), x))
     errors = [float((b.float() - a.float()).abs().max() / a.float().abs().max()) for a, b in pairs]
     assert max(errors) < 3e-2, errors
+
+
+def test_pipeline_stages_fit_the_shared_memory():
+    wide, square = CUDA_GEMM_TILES[SCATTER_ADD], CUDA_GEMM_TILES[STORE_ACT]  # 128 x 256 and 128 x 128, K tiles of 64
+    h200, ada = 232448, 101376  # bytes a block may take (CUDA's opt-in maximum)
+    assert fit_stages(wide, 2, h200)["num_stages"] == 3  # bf16: 3 stages of (128 + 256) * 64 * 2 = 48 KiB
+    assert fit_stages(square, 4, h200)["num_stages"] == 2  # fp32: 64 KiB a stage, 3 would pass 3/4 of 227 KiB
+    assert fit_stages(wide, 2, ada)["num_stages"] == 1  # 74 KiB usable: one stage
+    assert fit_stages(wide, 4, 1024)["num_stages"] == 1  # never below one
+    assert {k: v for k, v in fit_stages(wide, 2, ada).items() if k != "num_stages"} == \
+        {k: v for k, v in wide.items() if k != "num_stages"}  # only the stages change
 
 
 def test_a_bank_changed_after_construction_is_refused_at_the_call():

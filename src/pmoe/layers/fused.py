@@ -1,6 +1,7 @@
 """The expert bank of `PatchMoE(dispatch="fused")`: gather, both expert GEMMs, bias, activation, gate and scatter in
-two Triton kernels forward and four backward (`pmoe.layers.triton_kernels`), with no routed copy of the patches,
-of the gated outputs or of their gradients in memory.
+two Triton kernels forward and two backward (`pmoe.layers.triton_kernels`), with no routed copy of the patches, of
+the gated outputs or of the input gradient in memory; the weight gradients are cuBLAS GEMMs over routed copies made
+in the backward, one at a time (a Triton GEMM reducing over gathered rows measured 1.8-2.4x cuBLAS; BENCHMARKS.md).
 
 Forward, for expert e and its rows r = rows[e*M:(e+1)*M] of the (N, d) patches x:
     Z = x[r] @ W1[e]^T + b1[e];  A = act(Z);  out[r] += gate * (A @ W2[e]^T + b2[e])      (Z and A kept)
@@ -24,17 +25,21 @@ from pmoe.errors import check
 from pmoe.layers.experts import MlpExperts
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# tile sizes on CUDA: Inductor's best bmm template at ViT-B size on the H200 (BENCHMARKS.md, round 6); small ones
-# when interpreted (the tests also run the CUDA ones there)
-CUDA_GEMM_TILES = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)
-CUDA_WGRAD_TILES = dict(BLOCK_P=128, BLOCK_Q=128, BLOCK_M=64, num_warps=8, num_stages=3)
-GEMM_TILES = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2) if INTERPRET else CUDA_GEMM_TILES
-WGRAD_TILES = dict(BLOCK_P=16, BLOCK_Q=16, BLOCK_M=16) if INTERPRET else CUDA_WGRAD_TILES
-
 
 # `triton_kernels`' epilogues and activations (defined here: that module imports only where Triton is)
-STORE, STORE_ACT, SCATTER_ADD, ACT_BACKWARD = 0, 1, 2, 3
+STORE, STORE_ACT, SCATTER_ADD, ACT_BACKWARD = EPILOGUES = 0, 1, 2, 3
 GELU, RELU = 1, 2
+
+# CUDA tiles per epilogue: the fastest of benchmarks/fused_kernels.py for each kernel at ViT-B size in bf16 on the
+# H200 (BENCHMARKS.md, round 7: ACT_BACKWARD's epilogue took 8.5 ms with the forward's 128 x 128 tile on 4 warps,
+# 2.5 ms with its own); the pipeline stages are cut to what fits the GPU's shared memory (`fit_stages`). Small tiles
+# when interpreted (the tests also run the CUDA ones there).
+_SQUARE = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)
+_WIDE = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+_THIN = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)
+CUDA_GEMM_TILES = {STORE: _SQUARE, STORE_ACT: _SQUARE, SCATTER_ADD: _WIDE, ACT_BACKWARD: _THIN}
+GEMM_TILES = dict.fromkeys(EPILOGUES, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2)) if INTERPRET \
+    else CUDA_GEMM_TILES
 
 
 def fused_act(act: nn.Module) -> int | None:
@@ -69,6 +74,13 @@ def _blocks(size: int, block: int) -> int:
     return -(-size // block)
 
 
+def fit_stages(tiles: dict, itemsize: int, shared_memory: int) -> dict:
+    """tiles with no more pipeline stages than 3/4 of `shared_memory` bytes hold (the rest is left to the epilogue),
+    each stage an A and a B tile of `itemsize`-byte elements; at least one."""
+    stage = (tiles["BLOCK_M"] + tiles["BLOCK_N"]) * tiles["BLOCK_K"] * itemsize
+    return {**tiles, "num_stages": max(1, min(tiles["num_stages"], shared_memory * 3 // 4 // stage))}
+
+
 def _precision(t: Tensor) -> str:
     return "ieee" if t.dtype == torch.float32 else "tf32"  # fp32 stays fp32 (torch's default); ignored for bf16
 
@@ -80,25 +92,29 @@ def rows_gemm(a: Tensor, b: Tensor, M: int, epilogue: int, c: Tensor, *, act: in
     `act`, the bank's activation, is read by those that apply it)."""
     k, K, N = b.shape
     some = a  # stands in for the pointers an epilogue does not read
-    grid = (_blocks(M, GEMM_TILES["BLOCK_M"]) * _blocks(N, GEMM_TILES["BLOCK_N"]), k)
+    tiles = GEMM_TILES[epilogue]
+    if a.is_cuda:
+        tiles = fit_stages(tiles, a.element_size(), kernels().shared_memory(a.device.index))
+    grid = (_blocks(M, tiles["BLOCK_M"]) * _blocks(N, tiles["BLOCK_N"]), k)
     kernels().rows_gemm_kernel[grid](
         a, some if a_rows is None else a_rows, b, some if bias is None else bias, some if gate is None else gate,
         c, c if c2 is None else c2, some if c_rows is None else c_rows, c if dgate is None else dgate,
         M, N, K, a.stride(0), *b.stride(),
         GATHER_A=a_rows is not None, HAS_BIAS=bias is not None, HAS_GATE=gate is not None, ACT=act,
-        EPILOGUE=epilogue, PRECISION=_precision(a), EVEN_K=K % GEMM_TILES["BLOCK_K"] == 0, **GEMM_TILES)
+        EPILOGUE=epilogue, PRECISION=_precision(a), EVEN_K=K % tiles["BLOCK_K"] == 0, **tiles)
 
 
-def rows_wgrad(p: Tensor, q: Tensor, M: int, dw: Tensor, *, p_rows: Tensor | None = None,
-               q_rows: Tensor | None = None, scale: Tensor | None = None, db: Tensor | None = None) -> None:
-    """dw (k, P, Q) = per expert sum of (scale * p-rows)^T q-rows; db (k, 1, P) their column sums, if given."""
-    k, P, Q = dw.shape
-    grid = (_blocks(P, WGRAD_TILES["BLOCK_P"]) * _blocks(Q, WGRAD_TILES["BLOCK_Q"]), k)
-    kernels().rows_wgrad_kernel[grid](
-        p, p if p_rows is None else p_rows, p if scale is None else scale, q, q if q_rows is None else q_rows,
-        dw, dw if db is None else db, M, P, Q, p.stride(0), q.stride(0),
-        GATHER_P=p_rows is not None, GATHER_Q=q_rows is not None, HAS_SCALE=scale is not None,
-        BIAS_GRAD=db is not None, PRECISION=_precision(p), EVEN_M=M % WGRAD_TILES["BLOCK_M"] == 0, **WGRAD_TILES)
+def rows_wgrad(p: Tensor, q: Tensor, k: int, *, p_rows: Tensor | None = None, q_rows: Tensor | None = None,
+               scale: Tensor | None = None, bias: bool = False) -> tuple[Tensor, Tensor | None]:
+    """dW (k, P, Q) = per expert, the sum over its rows of (scale * p-row)^T q-row; db (k, 1, P) the sum of
+    scale * p-row if `bias`. p (R, P) and q (R, Q) rows are gathered by p_rows / q_rows (k*M, expert-major) where
+    given: cuBLAS over routed copies (a Triton GEMM reducing over gathered rows measured 1.8-2.4x it)."""
+    p = p if p_rows is None else p.index_select(0, p_rows)  # (k*M, P)
+    if scale is not None:  # fp32 products, rounded once into p's dtype (in place on a routed copy)
+        p = torch.mul(p, scale[:, None], out=p if p_rows is not None else torch.empty_like(p))
+    q = q if q_rows is None else q.index_select(0, q_rows)  # (k*M, Q)
+    p, q = p.view(k, -1, p.shape[-1]), q.view(k, -1, q.shape[-1])
+    return torch.bmm(p.transpose(1, 2), q), p.sum(1, keepdim=True) if bias else None
 
 
 class FusedMlpExperts(torch.autograd.Function):
@@ -140,15 +156,13 @@ class FusedMlpExperts(torch.autograd.Function):
             dgate += (dout @ b2[:, 0].t()).float()[rows, experts]  # (N, k) in the compute dtype, fp32 sums
         dw2 = db2 = dx = dw1 = db1 = None
         if need[5] or need[6]:
-            dw2, db2 = torch.empty_like(w2), None if b2 is None else torch.empty_like(b2)
-            rows_wgrad(dout, a, M, dw2, p_rows=rows, scale=gates, db=db2)
+            dw2, db2 = rows_wgrad(dout, a, k, p_rows=rows, scale=gates, bias=b2 is not None)
         if need[0]:
             dx = torch.zeros(x.shape, device=x.device, dtype=torch.float32)
             rows_gemm(dz, w1, M, SCATTER_ADD, dx, c_rows=rows, act=ctx.act)
             dx = dx.to(x.dtype)
         if need[3] or need[4]:
-            dw1, db1 = torch.empty_like(w1), None if b1 is None else torch.empty_like(b1)
-            rows_wgrad(dz, x, M, dw1, q_rows=rows, db=db1)
+            dw1, db1 = rows_wgrad(dz, x, k, q_rows=rows, bias=b1 is not None)
         return dx, None, dgate.to(gates.dtype) if need[2] else None, dw1, db1, dw2, db2, None, None
 
 

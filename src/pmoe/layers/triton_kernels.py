@@ -3,11 +3,12 @@ gathered from, or summed into, another matrix inside the kernel (ScatterMoE's id
 row counts: every expert e owns rows e*M .. e*M+M-1 of the routed copy, which is never written out).
 
 `rows_gemm`:  C[e*M+m, :] = epilogue(A[a_row(e, m), :] @ B[e])            (one program: a BLOCK_M x BLOCK_N tile)
-`rows_wgrad`: dW[e] = sum_m (s[e*M+m] * P[p_row(e, m), :])^T Q[q_row(e, m), :],  db[e] = sum_m s * P[p_row, :]
-Both accumulate in fp32. `pmoe.layers.fused` imports this module where Triton is installed (CUDA builds of torch
+It accumulates in fp32. `pmoe.layers.fused` imports this module where Triton is installed (CUDA builds of torch
 ship it; on CPU the kernels run under TRITON_INTERPRET=1, which the tests use).
 """
 from __future__ import annotations
+
+import functools
 
 import triton
 import triton.language as tl
@@ -21,6 +22,12 @@ SCATTER_ADD = tl.constexpr(fused.SCATTER_ADD)
 ACT_BACKWARD = tl.constexpr(fused.ACT_BACKWARD)
 GELU = tl.constexpr(fused.GELU)
 RELU = tl.constexpr(fused.RELU)
+
+
+@functools.cache
+def shared_memory(device_index: int) -> int:
+    """Bytes of shared memory a program may take on that CUDA device (its opt-in maximum per block)."""
+    return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
 
 
 @triton.jit
@@ -100,40 +107,3 @@ def rows_gemm_kernel(a_ptr, a_rows_ptr, b_ptr, bias_ptr, gate_ptr, c_ptr, c2_ptr
         tl.atomic_add(dgate_ptr + rows, tl.sum(_act(z, ACT) * acc, axis=1), mask=mask_m, sem="relaxed")
         gate = tl.load(gate_ptr + rows, mask=mask_m, other=0.0).to(tl.float32)
         tl.store(c_ptr + c_offs, (acc * gate[:, None] * _act_grad(z, ACT)).to(c_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def rows_wgrad_kernel(p_ptr, p_rows_ptr, scale_ptr, q_ptr, q_rows_ptr, dw_ptr, db_ptr, M, P, Q, stride_p, stride_q,
-                      GATHER_P: tl.constexpr, GATHER_Q: tl.constexpr, HAS_SCALE: tl.constexpr,
-                      BIAS_GRAD: tl.constexpr, PRECISION: tl.constexpr, EVEN_M: tl.constexpr,
-                      BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr):
-    """dW[e] (P, Q) tile = sum over expert e's rows of P-rows^T @ Q-rows; db[e] from the pid_q == 0 tiles."""
-    e = tl.program_id(1)
-    pid = tl.program_id(0)
-    num_q = tl.cdiv(Q, BLOCK_Q)
-    pid_p, pid_q = pid // num_q, pid % num_q
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    offs_m = tl.arange(0, BLOCK_M)
-    mask_p, mask_q = offs_p < P, offs_q < Q
-    acc = tl.zeros((BLOCK_P, BLOCK_Q), dtype=tl.float32)
-    bacc = tl.zeros((BLOCK_P,), dtype=tl.float32)
-    ld_p, ld_q = offs_p % P, offs_q % Q  # columns wrapped into range: the store drops them
-    for m0 in range(0, M, BLOCK_M):
-        rows = e.to(tl.int64) * M + (m0 + offs_m) % M  # wrapped into range; zeroed below when past M
-        p_rows = tl.load(p_rows_ptr + rows).to(tl.int64) if GATHER_P else rows
-        q_rows = tl.load(q_rows_ptr + rows).to(tl.int64) if GATHER_Q else rows
-        p = tl.load(p_ptr + p_rows[:, None] * stride_p + ld_p[None, :])
-        if HAS_SCALE:
-            p = (p.to(tl.float32) * tl.load(scale_ptr + rows).to(tl.float32)[:, None]).to(p_ptr.dtype.element_ty)
-        if not EVEN_M:
-            p = tl.where((offs_m < M - m0)[:, None], p, 0.0).to(p_ptr.dtype.element_ty)
-        q = tl.load(q_ptr + q_rows[:, None] * stride_q + ld_q[None, :])
-        acc = tl.dot(tl.trans(p), q, acc, input_precision=PRECISION)
-        if BIAS_GRAD:
-            bacc += tl.sum(p.to(tl.float32), axis=0)
-    dw_offs = e.to(tl.int64) * P * Q + offs_p[:, None] * Q + offs_q[None, :]
-    tl.store(dw_ptr + dw_offs, acc.to(dw_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_q[None, :])
-    if BIAS_GRAD:
-        if pid_q == 0:
-            tl.store(db_ptr + e * P + offs_p, bacc.to(db_ptr.dtype.element_ty), mask=mask_p)
