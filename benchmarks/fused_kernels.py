@@ -55,8 +55,8 @@ def kernel_calls(s: Size, device: torch.device, dtype: torch.dtype) -> dict[str,
                                     act=fused.GELU),
             lambda: torch.bmm(zv, w2.transpose(1, 2)), gflop),
         "bwd: gather, dgrad 2, gate, GELU'": (
-            lambda: fused.rows_gemm(dout, w2, M, fused.ACT_BACKWARD, dz, a_rows=rows, gate=gates, c2=z, dgate=dgate,
-                                    act=fused.GELU),
+            lambda: fused.rows_gemm(dout, w2, M, fused.ACT_BACKWARD, dz, a_rows=rows, gate=gates, c2=z, c3=a,
+                                    dgate=dgate, act=fused.GELU),
             lambda: torch.bmm(doutg, w2), gflop),
         "bwd: wgrad 2, gathered and gated copy": (
             lambda: fused.rows_wgrad(dout, a, s.k, p_rows=rows, scale=gates),

@@ -87,9 +87,9 @@ def _precision(t: Tensor) -> str:
 
 def rows_gemm(a: Tensor, b: Tensor, M: int, epilogue: int, c: Tensor, *, act: int, a_rows: Tensor | None = None,
               bias: Tensor | None = None, gate: Tensor | None = None, c2: Tensor | None = None,
-              c_rows: Tensor | None = None, dgate: Tensor | None = None) -> None:
-    """a (R, K) rows (unit stride), b (k, K, N) any strides; writes c / c2 / dgate (`triton_kernels` epilogues;
-    `act`, the bank's activation, is read by those that apply it)."""
+              c3: Tensor | None = None, c_rows: Tensor | None = None, dgate: Tensor | None = None) -> None:
+    """a (R, K) rows (unit stride), b (k, K, N) any strides; writes c / c2 / dgate and reads c2 / c3 as the
+    `triton_kernels` epilogue says (`act`, the bank's activation, is read by those that apply it)."""
     k, K, N = b.shape
     some = a  # stands in for the pointers an epilogue does not read
     tiles = GEMM_TILES[epilogue]
@@ -98,7 +98,8 @@ def rows_gemm(a: Tensor, b: Tensor, M: int, epilogue: int, c: Tensor, *, act: in
     grid = (_blocks(M, tiles["BLOCK_M"]) * _blocks(N, tiles["BLOCK_N"]), k)
     kernels().rows_gemm_kernel[grid](
         a, some if a_rows is None else a_rows, b, some if bias is None else bias, some if gate is None else gate,
-        c, c if c2 is None else c2, some if c_rows is None else c_rows, c if dgate is None else dgate,
+        c, c if c2 is None else c2, c if c3 is None else c3, some if c_rows is None else c_rows,
+        c if dgate is None else dgate,
         M, N, K, a.stride(0), *b.stride(),
         GATHER_A=a_rows is not None, HAS_BIAS=bias is not None, HAS_GATE=gate is not None, ACT=act,
         EPILOGUE=epilogue, PRECISION=_precision(a), EVEN_K=K % tiles["BLOCK_K"] == 0, **tiles)
@@ -150,7 +151,7 @@ class FusedMlpExperts(torch.autograd.Function):
         dout = dout.contiguous()  # (N, d_out)
         dz = torch.empty_like(z)  # (k*M, h)
         dgate = torch.zeros(k * M, device=x.device, dtype=torch.float32)
-        rows_gemm(dout, w2, M, ACT_BACKWARD, dz, a_rows=rows, gate=gates, c2=z, dgate=dgate, act=ctx.act)
+        rows_gemm(dout, w2, M, ACT_BACKWARD, dz, a_rows=rows, gate=gates, c2=z, c3=a, dgate=dgate, act=ctx.act)
         if b2 is not None:  # the output bias's share of <expert output, dout>
             experts = torch.arange(k, device=x.device).repeat_interleave(M)  # (k*M,)
             dgate += (dout @ b2[:, 0].t()).float()[rows, experts]  # (N, k) in the compute dtype, fp32 sums

@@ -47,7 +47,7 @@ def _act_grad(z, ACT: tl.constexpr):
 
 
 @triton.jit
-def rows_gemm_kernel(a_ptr, a_rows_ptr, b_ptr, bias_ptr, gate_ptr, c_ptr, c2_ptr, c_rows_ptr, dgate_ptr,
+def rows_gemm_kernel(a_ptr, a_rows_ptr, b_ptr, bias_ptr, gate_ptr, c_ptr, c2_ptr, c3_ptr, c_rows_ptr, dgate_ptr,
                      M, N, K, stride_a, stride_be, stride_bk, stride_bn,
                      GATHER_A: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GATE: tl.constexpr, ACT: tl.constexpr,
                      EPILOGUE: tl.constexpr, PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
@@ -56,8 +56,8 @@ def rows_gemm_kernel(a_ptr, a_rows_ptr, b_ptr, bias_ptr, gate_ptr, c_ptr, c2_ptr
     STORE         C[row] = act(acc)                                     (inference: no pre-activation kept)
     STORE_ACT     C[row] = acc, C2[row] = act(acc)                      (pre-activation kept for the backward)
     SCATTER_ADD   C[c_rows[row]] += gate[row] * acc (fp32 C; gate if HAS_GATE)
-    ACT_BACKWARD  acc = dY-rows @ W2[e]: dgate[row] += sum_n act(Z) * acc with Z = C2[row],
-                  C[row] = gate[row] * acc * act'(Z)
+    ACT_BACKWARD  acc = dY-rows @ W2[e]: dgate[row] += sum_n C3[row] * acc (C3: the kept activation),
+                  C[row] = gate[row] * acc * act'(Z) with Z = C2[row] (the kept pre-activation)
     """
     e = tl.program_id(1)
     pid = tl.program_id(0)
@@ -103,7 +103,8 @@ def rows_gemm_kernel(a_ptr, a_rows_ptr, b_ptr, bias_ptr, gate_ptr, c_ptr, c2_ptr
         c_rows = tl.load(c_rows_ptr + rows, mask=mask_m, other=0).to(tl.int64)
         tl.atomic_add(c_ptr + c_rows[:, None] * N + offs_n[None, :], acc, mask=mask, sem="relaxed")
     else:
+        act = tl.load(c3_ptr + c_offs, mask=mask, other=0.0).to(tl.float32)
+        tl.atomic_add(dgate_ptr + rows, tl.sum(act * acc, axis=1), mask=mask_m, sem="relaxed")
         z = tl.load(c2_ptr + c_offs, mask=mask, other=0.0).to(tl.float32)
-        tl.atomic_add(dgate_ptr + rows, tl.sum(_act(z, ACT) * acc, axis=1), mask=mask_m, sem="relaxed")
         gate = tl.load(gate_ptr + rows, mask=mask_m, other=0.0).to(tl.float32)
         tl.store(c_ptr + c_offs, (acc * gate[:, None] * _act_grad(z, ACT)).to(c_ptr.dtype.element_ty), mask=mask)
