@@ -22,7 +22,8 @@
 #                     with every criterion, 5 seeds (about 5 min on one H200 with 4 workers, 12 min beside the
 #                     wrn-recipe and spurious-full sweeps; resumable)
 # Measured together on one H200: wrn-recipe (its last 14 runs), spurious-full and prune-domains, 24 min of wall time
-# in three calls (LIMIT=540 twice, 510). A device session's calls last about 10 minutes: run them with LIMIT=540 and
+# in three calls (LIMIT=540 twice, 510); with wrn-recipe's first 26 runs (9 min), issue 17's GPU parts take about
+# 33 min of one H200, a little more than one device session's 30: run them over two, resuming. A device session's calls last about 10 minutes: run them with LIMIT=540 and
 # call again at once (the machine must stay warm) until every log ends with a summary. The run folders
 # persist only where OUT survives between calls: on a lent machine, a folder outside the repository copy (e.g.
 # /tmp/repro), kept while the machine stays warm (a folder inside it, ignored or not, was gone at the next call);
