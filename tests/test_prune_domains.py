@@ -111,6 +111,10 @@ def test_experiment_end_to_end_report_is_consistent(tmp_path, idx_dir):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "results.md").read_text()
     assert "| 6 of 8 |" in table and "V-MoE-B/16, CIFAR-10" in table
+    acc = {(p["method"], p["pruned"]): p["accuracy"] for p in r["points"]}
+    for m in ("random", "frequency"):  # Δ's paired difference to each criterion, one seed: the difference itself
+        d = acc["router-norm-change", 6] - acc[m, 6]
+        assert f"{d:+.3f} ± 0.000 ({int(d > 0)}/1) |" in table.split("Δ minus")[1].split(f"| {m} |")[1].split("\n")[0]
     # Run again: every finished pipeline is read back; other settings are refused.
     assert run_experiment(cfg, tmp_path, workers=1, progress=False)["report"] == summary["report"]
     with pytest.raises(PmoeError, match="other settings"):

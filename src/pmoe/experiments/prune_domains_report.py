@@ -1,6 +1,6 @@
 """The report of `pmoe experiment prune-domains`: markdown tables (specialisation, accuracy against pruned count per
-criterion, overlap of kept experts with the task domain's, published numbers beside ours) and PNG plots (accuracy
-per criterion, routing mass per domain and expert)."""
+criterion, overlap of kept experts with the task domain's, Δ against each criterion paired by seed, published
+numbers beside ours) and PNG plots (accuracy per criterion, routing mass per domain and expert)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -104,6 +104,20 @@ def _overlap_table(cfg: Any, model: str, rs: list[dict]) -> str:
     return markdown_table(["method"] + [f"{p} pruned" for p in counts], rows)
 
 
+def _paired_table(cfg: Any, model: str, rs: list[dict]) -> str:
+    """Δ's accuracy right after pruning minus each other criterion's, per seed: mean ± std, and in how many seeds Δ
+    is higher (the seeds share the pretrained and fine-tuned models, so the pairing removes their spread)."""
+    counts, rows = cfg.counts(model), []
+    for m in (m for m in cfg.methods if m != DELTA):
+        cells = []
+        for p in counts:
+            diff = [d - o for d, o in zip(_accuracy(rs, DELTA, p, "accuracy"), _accuracy(rs, m, p, "accuracy"))]
+            mean, std = mean_std(diff)
+            cells.append(f"{mean:+.3f} ± {std:.3f} ({sum(x > 0 for x in diff)}/{len(diff)})")
+        rows.append([m] + cells)
+    return markdown_table(["Δ minus"] + [f"{p} pruned" for p in counts], rows)
+
+
 def _published(cfg: Any, models: dict[str, list[dict]]) -> str:
     p = 6 if all(6 in cfg.counts(m) for m in models) else max(min(cfg.counts(m)) for m in models)
     rows = [[s, f"{a:.1f}", f"{d:.1f}", imp, "–"] for s, a, d, imp in PUBLISHED]
@@ -136,4 +150,7 @@ def report(cfg: Any, runs: list[dict], out: Path) -> str:
                  + f"\nShare of each criterion's kept experts that are also among the {cfg.task} domain's most used "
                    "ones (as many, by the pretrained model's routing mass; every layer; mean over seeds):\n\n"
                  + _overlap_table(cfg, model, rs))
+        if DELTA in cfg.methods:
+            text += (f"\nΔ ({DELTA}) against each criterion right after pruning, per seed: Δ's accuracy minus its, "
+                     "mean ± std over seeds (seeds where Δ is higher):\n\n" + _paired_table(cfg, model, rs))
     return text + "\n" + _published(cfg, models)
