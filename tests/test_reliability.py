@@ -207,6 +207,33 @@ def test_options_are_checked_against_their_fields_types(tmp_path, capsys, args, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args,words", [
+    (["--model-opt", "dropout=2"], ["dropout must be in [0, 1), got 2"]),
+    (["--model-opt", "capacity_factor=0"], ["capacity_factor and eval_capacity_factor must be > 0"]),
+    (["--model", "wrn-pmoe-tiny", "--model-opt", "router_std=-1"], ["router_std must be >= 0 and finite, got -1"]),
+    (["--model-opt", "num_classes=1"], ["num_classes=1 does not fit the data", "10 classes"]),
+    (["--model-opt", "in_channels=3"], ["in_channels=3 does not fit the data", "1 channels"]),
+])
+def test_option_values_out_of_range_are_refused(tmp_path, capsys, args, words):
+    fails(capsys, ["train", *VISION, *args, "--out", tmp_path / "x"], *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag", ["--seed", "--data-seed"])
+@pytest.mark.parametrize("value", ["-1", str(2**63), "99999999999999999999"])
+def test_seeds_outside_64_bits_are_refused(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:  # argparse: usage and one error line, exit status 2
+        main(["train", *THEORY, flag, value, "--out", str(tmp_path / "x")])
+    assert e.value.code == 2 and "must be an integer in 0 .. 2^63 - 1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_data_larger_than_the_memory_is_refused_before_it_is_made(tmp_path, capsys):
+    fails(capsys, ["train", *THEORY, "--samples", str(10**12), "--out", tmp_path / "x"],
+          "1000000000000 training samples of 6 patches x 12 take", "GiB of memory: ask for fewer")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("section,change,words", [
     ("model", None, ["the model section must be an object", "got None"]),
     ("model", {"n": "sixteen"}, ["n must be int, got 'sixteen'"]),

@@ -9,7 +9,7 @@ from typing import Any, ContextManager
 from pmoe.data import DATASETS, DEFAULT_DATA_DIR, FILE_PREFIX
 from pmoe.data.vision import DATASETS_ROOT, IMAGE_DATASETS
 from pmoe.errors import check
-from pmoe.experiments.flags import positive_int
+from pmoe.experiments.flags import positive_int, seed
 from pmoe.io import finite_json
 from pmoe.outputs import output_folder
 from pmoe.layers.routing import GATE_MODES
@@ -110,7 +110,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-samples", type=positive_int,
                    help="test samples (theory default: 2000, file: all; vision: a balanced subset of the test split, "
                         "default all)")
-    g.add_argument("--data-seed", type=int, default=0, help="which samples are drawn (default: 0)")
+    g.add_argument("--data-seed", type=seed, default=0, help="which samples are drawn (default: 0)")
     g.add_argument("--data-dir", default=None, help=f"data folder (default: {DEFAULT_DATA_DIR} for the Fashion-MNIST "
                                                     f"sets, {DATASETS_ROOT}/NAME for other image data sets)")
     g.add_argument("--n", type=positive_int, help="synthetic: patches per sample (default 16)")
@@ -167,7 +167,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help=f"default: {d.batch_size} for theory models, the preset's recipe's for vision")
     g.add_argument("--router-epochs", type=int,
                    help=f"pmoe-separate: epochs of router training first (default: {d.router_epochs})")
-    g.add_argument("--seed", type=int, default=0, help="initialisation and batch order (default: 0)")
+    g.add_argument("--seed", type=seed, default=0, help="initialisation and batch order (default: 0)")
     g.add_argument("--eval-every", type=positive_int, metavar="E",
                    help="test metrics (theory models: and routing) every E epochs and after the last, for curves in "
                         f"metrics.jsonl (default: theory models after the last epoch only; vision every "

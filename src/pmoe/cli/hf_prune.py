@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from pmoe.experiments.flags import seed
 from pmoe.hf import METHODS, PruneSpec, prune_checkpoint
 
 
@@ -45,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="MoE layer numbers to prune, e.g. 0-31, counting MoE blocks in key order (default: all)")
     p.add_argument("--protect", type=parse_protect, default=(),
                    help="experts never pruned, as MoE-layer:expert pairs, e.g. 0:3,2:5 (layers numbered as --layers)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --method random (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of --method random (default 0)")
     p.add_argument("--out", required=True, help="output folder (new or empty, unless --overwrite), apart from "
                                                 "--base and --finetuned")
     p.add_argument("--overwrite", action="store_true",

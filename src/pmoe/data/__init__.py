@@ -2,7 +2,7 @@
 user's own samples in an .npz file (pmoe.data.files)."""
 from __future__ import annotations
 
-from pmoe.data.base import PatchDataset
+from pmoe.data.base import PatchDataset, check_fits_memory
 from pmoe.data.files import FILE_PREFIX, PatchFileConfig, file_options, load_patch_file, save_patch_file
 from pmoe.data.idx import DEFAULT_DATA_DIR, load_idx_dataset, read_idx
 from pmoe.data.patches import PatchCanvasConfig, canvas_image, make_patch_canvas
@@ -25,6 +25,7 @@ def make_dataset(name: str, split: str, num_samples: int | None, seed: int, **op
         return load_patch_file(cfg, split, num_samples, seed)
     if name == "fashion-patches":
         return make_patch_canvas(cfg, split, num_samples, seed)
+    check_fits_memory(num_samples, cfg.n, cfg.d, split)
     ds = make_synthetic(cfg, num_samples, seed if split == "train" else seed + _TEST_SEED_OFFSET)
     ds.meta["split"] = split
     return ds

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pmoe.data.base import PatchDataset, balanced_labels
+from pmoe.data.base import PatchDataset, balanced_labels, check_fits_memory
 from pmoe.data.idx import DEFAULT_DATA_DIR, load_idx_dataset
 from pmoe.errors import check
 
@@ -50,6 +50,7 @@ def make_patch_canvas(cfg: PatchCanvasConfig, split: str, num_samples: int, seed
 
     gen = torch.Generator().manual_seed(seed)
     N, n = num_samples, cfg.grid * cfg.grid
+    check_fits_memory(N, n, images[0].size, split)
     y = balanced_labels(N, gen)  # (N,)
     disc_pos = torch.randint(n, (N,), generator=gen)  # (N,)
     disc_img = [torch.from_numpy(p)[torch.randint(len(p), (N,), generator=gen)] for p in pools]  # 2 × (N,)

@@ -20,6 +20,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+SEED_MAX = 2**63 - 1  # torch's generators take 64-bit seeds; numpy's and Python's any size: the common range
+
+
+def seed(text: str) -> int:
+    """argparse type: a random seed, an integer in 0 .. 2^63 - 1."""
+    value = int(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0 .. 2^63 - 1, got {text}")
+    return value
+
+
 def given(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
     """{dest: value} of the flags among `names` (dests) that were given (not None)."""
     values = vars(args)

@@ -17,6 +17,7 @@ analysis read it, forward never does (torch.compile has nothing to guard on). Ev
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from typing import Iterator, NamedTuple
@@ -48,6 +49,7 @@ class RoutedLayer(nn.Module, ABC):
 
     def __init__(self, experts: nn.Module, router_std: float) -> None:
         super().__init__()
+        check(0 <= router_std < math.inf, f"router_std must be >= 0 and finite, got {router_std}")
         self.experts = experts
         self.num_experts, self.in_features = experts.num_experts, experts.in_features
         self.router = nn.Linear(self.in_features, self.num_experts, bias=False)  # weight[s] = w_s

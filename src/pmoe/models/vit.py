@@ -10,6 +10,8 @@ The MoE contract of the models (`moe_layers`, `aux_loss`, ...) is `pmoe.models.b
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -68,6 +70,10 @@ def validate(cfg: ViTConfig) -> None:
     check(1 <= cfg.num_selected <= cfg.experts,
           f"num_selected must be in 1..experts={cfg.experts}, got {cfg.num_selected}")
     check(cfg.gate in GATE_MODES, f"gate must be one of {GATE_MODES}, got {cfg.gate!r}")
+    check(0 <= cfg.dropout < 1, f"dropout must be in [0, 1), got {cfg.dropout}")
+    check(0 < cfg.capacity_factor < math.inf and 0 < cfg.eval_capacity_factor < math.inf,
+          f"capacity_factor and eval_capacity_factor must be > 0 and finite, got {cfg.capacity_factor}, "
+          f"{cfg.eval_capacity_factor}")
 
 
 def every_other(depth: int) -> tuple[int, ...]:

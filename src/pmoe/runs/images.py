@@ -52,7 +52,11 @@ def build_for_data(name: str, ds: ImageDataset, overrides: dict | None = None) -
     `overrides` (preset fields) win."""
     C, H, W = ds.image_shape
     check(H == W, f"the vision models take square images; {ds!r} has {H}x{W}")
-    base = {"in_channels": C, "num_classes": ds.num_classes, **(overrides or {})}
+    data = {"in_channels": C, "num_classes": ds.num_classes}
+    clash = [f"{k}={overrides[k]}" for k, v in data.items() if k in (overrides or {}) and overrides[k] != v]
+    check(not clash, f"{', '.join(clash)} does not fit the data ({C} channels, {ds.num_classes} classes): these "
+                     "come from the data; leave them out")
+    base = {**data, **(overrides or {})}
     if "image_size" in base or "input_size" in base:
         return build_preset(name, **base)
     try:
