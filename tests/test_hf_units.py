@@ -266,6 +266,7 @@ def test_cli_json_and_errors(tmp_path, pair, capsys):
     assert "pmoe hf-prune: error: --out" in capsys.readouterr().err
     assert main(args[:-1] + [str(tmp_path / "o2"), "--keep", "9"]) == 2
     assert "keep 9 is outside 1..5" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(args + ["--keep", "2", "--layers", "0-x"])
-    assert "is not a layer list" in capsys.readouterr().err
+    for layers in ("0-x", "0-99999999999999999999", "5-2"):  # not a number, a range too long to spell out, descending
+        with pytest.raises(SystemExit):
+            main(args + ["--keep", "2", "--layers", layers])
+        assert "is not a layer list" in capsys.readouterr().err

@@ -128,7 +128,7 @@ def test_auto_device_spreads_the_runs_over_the_gpus(monkeypatch):
 
 
 @pytest.mark.parametrize("args,message", [(["--quick", "--paper-recipe"], "--quick and --paper-recipe exclude"),
-                                          (["--evals", "0"], "argument --evals: must be an integer >= 1, got 0")])
+                                          (["--evals", "0"], "argument --evals: must be an integer in 1 .. 2^31 - 1")])
 def test_bad_recipe_flags_are_refused_with_one_error_line(tmp_path, capsys, args, message):
     try:
         code = main(["experiment", "image-samples", "--out", str(tmp_path), *args])

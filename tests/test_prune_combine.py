@@ -43,3 +43,25 @@ def test_refuses_other_settings_a_missing_report_and_one_sweep(tmp_path, capsys)
         assert main(["prune-combine", *dirs, "--out", str(tmp_path / "c")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda r: r["points"][0].update(accuracy=float("nan")), "accuracy of point (random, ratio 0.5) must be a number"),
+    (lambda r: r["points"][0].update(accuracy=7.5), "must be a number in [0, 1], got 7.5"),
+    (lambda r: r["points"][0].update(accuracy_finetuned="high"), "accuracy_finetuned of point (random, ratio 0.5)"),
+    (lambda r: r.update(unpruned=None), "unpruned.accuracy must be a number in [0, 1], got None"),
+    (lambda r: r["config"].update(ratios=["half"]), "config.ratios must be numbers"),
+    (lambda r: r["config"]["finetune"].update(steps=-3), "config.finetune.steps must be an integer >= 0"),
+    (lambda r: r.update(points=[]), "points must cover every method and ratio"),
+    (lambda r: r.clear(), "is not a prune-sweep result"),
+])
+def test_malformed_sweep_results_are_refused_by_field(tmp_path, capsys, edit, message):
+    a = sweep(tmp_path / "a", {("random", 0.5): (0.6, 0.7)}, 0.9)
+    b = sweep(tmp_path / "b", {("random", 0.5): (0.8, 0.9)}, 1.0)
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    edit(results)
+    (tmp_path / "b" / "results.json").write_text(json.dumps(results))  # NaN as the bare constant json reads back
+    assert main(["prune-combine", a, b, "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and str(tmp_path / "b") in err[0], err
+    assert not (tmp_path / "c").exists()

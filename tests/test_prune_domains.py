@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -56,6 +57,15 @@ def test_one_domain_is_relabelled_and_keeps_its_domain_id(idx_dir):
 def test_bad_domain_options_are_refused(idx_dir, options, message):
     with pytest.raises(PmoeError, match=message):
         make_image_dataset("domains", "train", idx_dir, **options)
+
+
+@pytest.mark.parametrize("field,value,message", [("post_steps", -1, "post_steps must be >= 0"),
+                                                 ("epochs", 0, "epochs=0: must be >= 1"),
+                                                 ("lr", float("inf"), "lr must be > 0 and finite"),
+                                                 ("calib_samples", 0, "calib_samples=0: must be >= 1")])
+def test_bad_settings_are_refused(field, value, message):
+    with pytest.raises(PmoeError, match=re.escape(message)):
+        PruneDomainsConfig(**{field: value})
 
 
 @pytest.mark.parametrize("flags,message", [(["--task", "nowhere"], "task must be a domain"),

@@ -19,6 +19,7 @@ from safetensors.torch import load
 
 from pmoe.checkpoints import load_checkpoint, nonfinite_weights, safetensors_bytes, save_checkpoint
 from pmoe.cli import main
+from pmoe.outputs import DATA_ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,6 +70,15 @@ def test_prune_never_writes_over_or_around_its_inputs(theory, capsys, where):
         size = ["--keep", "2"] if command == "prune" else ["--ratios", "0.5"]
         fails(capsys, [command, ft, "--pretrained", pre, *size, "--overwrite", "--out", out], "--out", "the input")
     assert snapshot(ft.parent) == before
+
+
+@pytest.mark.parametrize("out", [DATA_ROOT, f"{DATA_ROOT}/fashion-mnist", f"{DATA_ROOT}/pmoe-never-written",
+                                 str(Path(DATA_ROOT).parent)])
+def test_the_shared_data_folder_is_never_written_even_when_not_named(capsys, out):
+    before = snapshot(Path(DATA_ROOT)) if Path(DATA_ROOT).is_dir() else {}
+    fails(capsys, ["train", *THEORY, "--overwrite", "--out", out], "--out", f"the input {DATA_ROOT}")
+    assert not Path(f"{DATA_ROOT}/pmoe-never-written").exists()
+    assert (snapshot(Path(DATA_ROOT)) if Path(DATA_ROOT).is_dir() else {}) == before
 
 
 def test_finetune_and_train_refuse_outputs_overlapping_their_inputs(theory, tmp_path, capsys):
@@ -228,9 +238,18 @@ def test_seeds_outside_64_bits_are_refused(tmp_path, capsys, flag, value):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("flag,value", [("--epochs", "99999999999999999999"), ("--epochs", "-1"),
+                                        ("--router-epochs", str(2**31)), ("--batch-size", str(2**31))])
+def test_counts_outside_31_bits_are_refused(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:  # an OverflowError deep in tqdm before
+        main(["train", *THEORY, flag, value, "--out", str(tmp_path / "x")])
+    assert e.value.code == 2 and "must be an integer in" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_data_larger_than_the_memory_is_refused_before_it_is_made(tmp_path, capsys):
-    fails(capsys, ["train", *THEORY, "--samples", str(10**12), "--out", tmp_path / "x"],
-          "1000000000000 training samples of 6 patches x 12 take", "GiB of memory: ask for fewer")
+    fails(capsys, ["train", *THEORY, "--samples", str(2 * 10**9), "--out", tmp_path / "x"],  # 536 GiB
+          "2000000000 training samples of 6 patches x 12 take", "GiB of memory: ask for fewer")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -113,6 +113,25 @@ def test_route_png_for_a_theory_checkpoint(tmp_path, capsys):
     assert (tmp_path / "r.png").read_bytes()[:4] == PNG
 
 
+def test_route_png_never_writes_over_its_input_or_another_file(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    assert main(["train", "--model", "pmoe", "--data", "fashion-patches", "--samples", "20", "--test-samples", "20",
+                 "--epochs", "1", "--out", str(ck), "--quiet"]) == 0
+    config = (ck / "config.json").read_bytes()
+    (tmp_path / "old.png").write_bytes(b"mine")
+    for png, message in [(ck / "config.json", "expected a file name ending in .png"), ("", "''"),
+                         (ck / "r.png", "is inside the input"), (tmp_path / "old.png", "exists already"),
+                         (tmp_path, "expected a file name ending in .png")]:
+        capsys.readouterr()
+        assert main(["route", str(ck), "--png", str(png)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "pmoe route: error: --png" in err[0] and message in err[0], err
+    assert (ck / "config.json").read_bytes() == config and not (ck / "r.png").exists()
+    assert (tmp_path / "old.png").read_bytes() == b"mine"
+    assert main(["route", str(ck), "--png", str(tmp_path / "old.png"), "--overwrite"]) == 0
+    assert (tmp_path / "old.png").read_bytes()[:4] == PNG
+
+
 def save_vision(path, name: str, **overrides) -> None:
     """A fresh preset model for Fashion-MNIST images, saved with a data section (30 test images)."""
     arch, cfg = preset(name, in_channels=1, num_classes=10, image_size=28, **overrides)

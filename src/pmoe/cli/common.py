@@ -9,7 +9,7 @@ from typing import Any, ContextManager
 from pmoe.data import DATASETS, DEFAULT_DATA_DIR, FILE_PREFIX
 from pmoe.data.vision import DATASETS_ROOT, IMAGE_DATASETS
 from pmoe.errors import check
-from pmoe.experiments.flags import positive_int, seed
+from pmoe.experiments.flags import nonnegative_int, positive_int, seed
 from pmoe.io import finite_json
 from pmoe.outputs import output_folder
 from pmoe.layers.routing import GATE_MODES
@@ -159,13 +159,13 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
 def add_train_args(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     g = p.add_argument_group("training (theory models: the paper's recipe by default)")
-    g.add_argument("--epochs", type=int,
+    g.add_argument("--epochs", type=nonnegative_int,
                    help=f"default: {d.epochs} for theory models, the preset's recipe's for vision")
     g.add_argument("--lr", type=float, help=f"peak learning rate (default: {d.lr} plain SGD for theory models; vision: "
                                             "the recipe's, or the --optimizer family's)")
     g.add_argument("--batch-size", type=positive_int,
                    help=f"default: {d.batch_size} for theory models, the preset's recipe's for vision")
-    g.add_argument("--router-epochs", type=int,
+    g.add_argument("--router-epochs", type=nonnegative_int,
                    help=f"pmoe-separate: epochs of router training first (default: {d.router_epochs})")
     g.add_argument("--seed", type=seed, default=0, help="initialisation and batch order (default: 0)")
     g.add_argument("--eval-every", type=positive_int, metavar="E",

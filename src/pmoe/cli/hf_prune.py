@@ -8,16 +8,23 @@ from pmoe.experiments.flags import seed
 from pmoe.hf import METHODS, PruneSpec, prune_checkpoint
 
 
+LAYERS_MAX = 99_999  # above any model's depth: a range up to it stays small enough to spell out
+
+
 def parse_layers(text: str) -> tuple[int, ...]:
     """'0-2,5' -> (0, 1, 2, 5)."""
     try:
         out: list[int] = []
         for part in text.split(","):
             first, _, last = part.partition("-")
-            out.extend(range(int(first), int(last or first) + 1))
+            lo, hi = int(first), int(last or first)
+            if not 0 <= lo <= hi <= LAYERS_MAX:
+                raise ValueError(part)
+            out.extend(range(lo, hi + 1))
         return tuple(out)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a layer list; expected numbers and ranges like 0-3,5")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a layer list; expected numbers in 0..{LAYERS_MAX} and "
+                                         "ascending ranges like 0-3,5")
 
 
 def parse_protect(text: str) -> tuple[tuple[int, int], ...]:

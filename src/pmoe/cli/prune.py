@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from pmoe.cli.common import emit
-from pmoe.experiments.flags import add_recipe_args, positive_int, recipe_changes, seed
+from pmoe.experiments.flags import add_recipe_args, nonnegative_int, positive_int, recipe_changes, seed
 from pmoe.runs.prune import PruneConfig, prune_checkpoint
 from pmoe.prune.registry import METHODS
 from pmoe.prune.surgery import MODES
@@ -23,7 +23,8 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("finetuned", help="fine-tuned checkpoint folder (`pmoe finetune`)")
     p.add_argument("--pretrained", help="the checkpoint it was fine-tuned from (needed by the router-change methods)")
     p.add_argument("--mode", choices=MODES, default="zero", help="default: zero")
-    p.add_argument("--finetune-steps", type=int, default=0, help="post-pruning fine-tune steps (default 0: none)")
+    p.add_argument("--finetune-steps", type=nonnegative_int, default=0,
+                   help="post-pruning fine-tune steps (default 0: none)")
     g = p.add_argument_group("post-pruning fine-tune of a vision checkpoint: its preset's recipe (pmoe.train.recipes), "
                              "each flag changing one field; the pruning paper's: --optimizer sgd --lr 0.01 "
                              "--weight-decay 0 --clip-norm 10")

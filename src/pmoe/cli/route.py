@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from pmoe.cli.common import emit, positive_int
+from pmoe.outputs import check_output_file
 from pmoe.runs.kinds import kind_of_checkpoint
 from pmoe.runs.route import RouteConfig
 
@@ -25,11 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--examples", type=positive_int, default=3, help="example images per class in the PNG (default: 3)")
     p.add_argument("--images", type=positive_int, default=1000, help="test images to count picks over (default: 1000)")
     p.add_argument("--device", help="vision checkpoints: auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --png file")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.png is not None:
+        check_output_file(args.png, [args.checkpoint], "--png", ".png", args.overwrite)
     cfg = RouteConfig(args.layer, args.images, args.examples, args.png, args.device)
     kind = kind_of_checkpoint(args.checkpoint)
     result = kind.route(args.checkpoint, cfg)

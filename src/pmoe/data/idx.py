@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from pmoe.errors import PmoeError, check
+from pmoe.outputs import DATA_ROOT
 
-DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
+DEFAULT_DATA_DIR = f"{DATA_ROOT}/fashion-mnist"
 
 # IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

@@ -12,12 +12,24 @@ from pmoe.train.recipes import FIELDS
 THEORY_DATA = ("fashion-patches", "synthetic")  # the theory sweeps' --data
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+COUNT_MAX = 2**31 - 1  # beyond any run of this library; larger counts overflow C integers in torch, tqdm, range
+
+
+def _count(text: str, low: int) -> int:
     value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    if not low <= value <= COUNT_MAX:
+        raise argparse.ArgumentTypeError(f"must be an integer in {low} .. 2^31 - 1, got {text}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer in 1 .. 2^31 - 1."""
+    return _count(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer in 0 .. 2^31 - 1."""
+    return _count(text, 0)
 
 
 SEED_MAX = 2**63 - 1  # torch's generators take 64-bit seeds; numpy's and Python's any size: the common range
@@ -63,8 +75,8 @@ def add_recipe_args(g: argparse._ArgumentGroup) -> None:
                                                       for k, v in DEFAULTS.items()) + ")")
     g.add_argument("--momentum", type=float, help="SGD momentum, AdamW beta1")
     g.add_argument("--weight-decay", type=float, help="on weights of 2+ dims")
-    g.add_argument("--warmup-steps", type=int, help="linear warm-up steps, then the schedule; taken as given (a "
-                   "recipe's own warm-up is capped at a fraction of the run)")
+    g.add_argument("--warmup-steps", type=nonnegative_int, help="linear warm-up steps, then the schedule; taken as "
+                   "given (a recipe's own warm-up is capped at a fraction of the run)")
     g.add_argument("--schedule", choices=SCHEDULES, help="after the warm-up (cosine: to 0)")
     g.add_argument("--clip-norm", type=float, help="clip gradients to this global norm; 0: none")
     aug = g.add_mutually_exclusive_group()

@@ -26,7 +26,7 @@ from pmoe.analysis.hits import class_patch_hits
 from pmoe.checkpoints import CONFIG, load_checkpoint, read_config
 from pmoe.data.vision import ImageDataset
 from pmoe.errors import check
-from pmoe.experiments.flags import add_out, add_recipe_args, given, positive_int, recipe_changes
+from pmoe.experiments.flags import add_out, add_recipe_args, given, nonnegative_int, positive_int, recipe_changes
 from pmoe.experiments.runner import parallel_map, spread_device
 from pmoe.io import write_json
 from pmoe.models.presets import PRESETS
@@ -86,8 +86,8 @@ def add_sweep_args(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--samples", type=positive_int, nargs="+", help="the N grid (training images)")
     p.add_argument("--test-samples", type=positive_int, help="a class-balanced subset of the test split")
     p.add_argument("--seeds", type=positive_int, help="seeds per point")
-    p.add_argument("--min-steps", type=int, help="optimizer steps per run at least: small N train more epochs "
-                   "(default: the preset's; 0: none, every run trains --epochs epochs)")
+    p.add_argument("--min-steps", type=nonnegative_int, help="optimizer steps per run at least: small N train more "
+                   "epochs (default: the preset's; 0: none, every run trains --epochs epochs)")
     p.add_argument("--evals", type=positive_int, help="evaluations and checkpoints per run (default: one per "
                    "--epochs epoch); fewer train faster, a resumed run repeats at most the epochs since the last")
     g = p.add_argument_group("training: every model's recipe (pmoe.train.recipes) with the experiment's settings; "

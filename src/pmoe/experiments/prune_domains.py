@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -32,7 +33,7 @@ from pmoe.checkpoints import load_checkpoint, read_config
 from pmoe.data.vision import ImageBatches
 from pmoe.data.vision.domains import DOMAINS, DomainsConfig
 from pmoe.errors import check
-from pmoe.experiments.flags import add_out, add_workers, given, positive_int
+from pmoe.experiments.flags import add_out, add_workers, given, nonnegative_int, positive_int
 from pmoe.experiments.prune_domains_report import report
 from pmoe.experiments.runner import parallel_map, spread_device
 from pmoe.io import write_json, write_text
@@ -102,7 +103,13 @@ class PruneDomainsConfig:
               f"methods must be names of {list(METHODS)}, got {self.methods}")
         check(self.finetune_optimizer in FINETUNE_LR, f"finetune_optimizer must be one of {list(FINETUNE_LR)}, got "
                                                       f"{self.finetune_optimizer!r}")
-        check(self.finetune_lr is None or self.finetune_lr > 0, f"finetune_lr must be > 0, got {self.finetune_lr}")
+        check(self.finetune_lr is None or 0 < self.finetune_lr < math.inf,
+              f"finetune_lr must be > 0 and finite, got {self.finetune_lr}")
+        check(0 < self.lr < math.inf, f"lr must be > 0 and finite, got {self.lr}")
+        small = {k: getattr(self, k) for k in ("epochs", "batch_size", "finetune_steps", "calib_samples",
+                                               "group_images") if getattr(self, k) < 1}
+        check(not small, f"{', '.join(f'{k}={v}' for k, v in small.items())}: must be >= 1")
+        check(self.post_steps >= 0, f"post_steps must be >= 0 (0: no post-pruning fine-tune), got {self.post_steps}")
 
     def domains_config(self, domain: str | None = None) -> DomainsConfig:
         cfg = DomainsConfig(**self.data, domain=domain)
@@ -167,7 +174,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "adamw (the presets')")
     p.add_argument("--finetune-lr", type=float,
                    help="the task fine-tune's peak lr (default 0.01 for sgd, 3e-4 for adamw)")
-    p.add_argument("--post-steps", type=int, help="post-pruning fine-tune steps (0: none)")
+    p.add_argument("--post-steps", type=nonnegative_int, help="post-pruning fine-tune steps (0: none)")
     p.add_argument("--group-images", type=positive_int,
                    help="token-routing groups of ViT-MoE and E3, in images (default 8, vmoe's; 1: the presets' per "
                         "image)")

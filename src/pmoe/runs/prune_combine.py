@@ -21,9 +21,43 @@ def read_sweep(path: str | Path) -> dict:
         res = json.loads(file.read_text())
     except json.JSONDecodeError as e:
         raise PmoeError(f"{file} is not valid JSON ({e}); re-run the sweep") from None
-    check({"config", "unpruned", "points"} <= set(res), f"{file} is not a prune-sweep result (needs config, "
-          f"unpruned and points; has {', '.join(sorted(res))})")
+    check(isinstance(res, dict) and {"config", "unpruned", "points"} <= set(res), f"{file} is not a prune-sweep "
+          f"result (needs an object with config, unpruned and points)")
+    _check_sweep(res, file)
     return res
+
+
+def _is_accuracy(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1  # NaN fails
+
+
+def _check_sweep(res: dict, file: Path) -> None:
+    """Refuse a results.json whose fields that combining reads have other types or values than a sweep writes."""
+    def need(ok: bool, what: str, value: object) -> None:
+        check(ok, f"{file}: {what}, got {value!r}; re-run the sweep")
+
+    cfg, unpruned, points = res["config"], res["unpruned"], res["points"]
+    need(isinstance(cfg, dict) and {*SHARED, "finetune"} <= set(cfg), f"config must hold {', '.join(SHARED)} and "
+         "finetune", cfg if not isinstance(cfg, dict) else sorted(cfg))
+    need(isinstance(cfg["methods"], list) and all(isinstance(m, str) for m in cfg["methods"]),
+         "config.methods must be a list of names", cfg["methods"])
+    need(isinstance(cfg["ratios"], list) and all(isinstance(r, (int, float)) and not isinstance(r, bool)
+                                                 for r in cfg["ratios"]), "config.ratios must be numbers", cfg["ratios"])
+    steps = cfg["finetune"].get("steps") if isinstance(cfg["finetune"], dict) else None
+    need(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0,
+         "config.finetune.steps must be an integer >= 0", steps)
+    need(isinstance(unpruned, dict) and _is_accuracy(unpruned.get("accuracy")),
+         "unpruned.accuracy must be a number in [0, 1]", unpruned)
+    keys = ["accuracy"] + (["accuracy_finetuned"] if steps else [])
+    need(isinstance(points, list) and all(isinstance(p, dict) for p in points), "points must be a list of objects",
+         points)
+    for p in points:
+        bad = [k for k in keys if not _is_accuracy(p.get(k))]
+        need(not bad, f"{bad[0] if bad else ''} of point ({p.get('method')}, ratio {p.get('ratio')}) must be a number "
+                      "in [0, 1]", p.get(bad[0]) if bad else None)
+    have = {(p.get("method"), p.get("ratio")) for p in points}
+    missing = [(m, r) for m in cfg["methods"] for r in cfg["ratios"] if (m, r) not in have]
+    need(not missing, "points must cover every method and ratio of config (missing shown)", missing)
 
 
 def _shared(cfg: dict) -> dict:

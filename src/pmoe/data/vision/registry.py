@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from pmoe.data.idx import DEFAULT_DATA_DIR
+from pmoe.outputs import DATA_ROOT
 from pmoe.data.vision.celeba import CelebAConfig, load_celeba
 from pmoe.data.vision.cifar import load_cifar
 from pmoe.data.vision.dataset import ImageDataset
@@ -20,7 +21,7 @@ from pmoe.data.vision.spurious import attribute, attribute_contrast, class_sets,
 from pmoe.errors import check
 from pmoe.fields import check_fields
 
-DATASETS_ROOT = "/usr/share/datasets"  # default data_dir: DATASETS_ROOT/<name> (Fashion-MNIST's apt package's)
+DATASETS_ROOT = DATA_ROOT  # default data_dir: DATASETS_ROOT/<name> (Fashion-MNIST's apt package's)
 
 
 @dataclass
