@@ -254,6 +254,14 @@ def test_unknown_family_and_used_output_are_refused(tmp_path, pair):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
 
 
+def test_a_router_with_nan_or_inf_is_refused(tmp_path, pair):
+    fake_checkpoint(tmp_path / "nan", seed=1, router_scale={(1, 2): float("nan"), (1, 3): float("inf")})
+    with pytest.raises(PmoeError, match=r"fine-tuned router model.layers.1.block_sparse_moe.gate.weight has 16 NaN "
+                                        r"or infinite entries of 48: its experts cannot be ranked"):
+        prune_checkpoint(pair[0], tmp_path / "nan", tmp_path / "out", PruneSpec(keep=2))
+    assert not (tmp_path / "out").exists()
+
+
 # ---- command line ---------------------------------------------------------------------------------------------
 
 def test_cli_json_and_errors(tmp_path, pair, capsys):

@@ -38,7 +38,7 @@ def test_refuses_other_settings_a_missing_report_and_one_sweep(tmp_path, capsys)
     b = sweep(tmp_path / "b", {("random", 0.25): (0.6, 0.7)}, 0.9, ratios=(0.25,))
     (tmp_path / "empty").mkdir()
     cases = [([a, b], "was swept with other settings than"), ([a, str(tmp_path / "empty")], "no results.json in it"),
-             ([a], "at least two sweep folders")]
+             ([a], "at least two sweep folders"), ([a, a + "/"], "each sweep folder counts once")]
     for dirs, message in cases:
         assert main(["prune-combine", *dirs, "--out", str(tmp_path / "c")]) == 2
         assert message in capsys.readouterr().err

@@ -206,6 +206,33 @@ def test_eval_warns_on_non_finite_weights_and_json_stays_valid(theory, tmp_path,
     assert result["non_finite"] is True and result["test_loss"] is None
 
 
+def test_diverged_checkpoints_are_refused_for_pruning_and_routing(theory, tmp_path, capsys):
+    pre, ft = theory
+    model, cfg = load_checkpoint(ft)
+    with torch.no_grad():
+        next(model.parameters())[0].fill_(float("inf"))
+    save_checkpoint(tmp_path / "inf", model, cfg["arch"], cfg["model"],
+                    **{k: v for k, v in cfg.items() if k not in ("format", "version", "arch", "model")})
+    bad = str(tmp_path / "inf")
+    for args, use in [(["prune", bad, "--pretrained", pre, "--keep", "2"], "prune"),
+                      (["prune", ft, "--pretrained", bad, "--keep", "2"], "prune"),
+                      (["prune-sweep", bad, "--pretrained", pre, "--ratios", "0.5"], "prune"), (["route", bad], "route")]:
+        out = [] if args[0] == "route" else ["--out", tmp_path / "out"]
+        fails(capsys, [*args, *out], "of", "are NaN or infinite (the run diverged)", f"nothing to {use}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_theory_checkpoints_take_only_the_cpu_and_sweeps_no_repeats(theory, tmp_path, capsys):
+    pre, ft = theory
+    fails(capsys, ["prune", ft, "--pretrained", pre, "--keep", "2", "--device", "cuda:7", "--out", tmp_path / "o"],
+          "theory models run on the CPU", "'cuda:7'")
+    fails(capsys, ["prune-sweep", ft, "--pretrained", pre, "--ratios", "0.5", "0.5", "--out", tmp_path / "o"],
+          "given twice: [0.5]")
+    fails(capsys, ["prune-sweep", ft, "--pretrained", pre, "--methods", "random", "random", "--out", tmp_path / "o"],
+          "given twice: ['random']")
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("args,words", [
     (["--data-opt", "val_fraction=abc"], ["val_fraction must be float", "'abc' (str)"]),
     (["--model-opt", "experts=abc"], ["preset 'vit-moe-tiny': experts must be int"]),

@@ -79,6 +79,13 @@ def nonfinite_weights(ckpt_dir: str | Path) -> tuple[int, int]:
     return sum(int((~torch.isfinite(t)).sum()) for t in floats), sum(t.numel() for t in floats)
 
 
+def check_finite_weights(ckpt_dir: str | Path, use: str) -> None:
+    """Refuse a checkpoint with NaN or infinite weights (a diverged run) for `use` ('prune', 'route', ...)."""
+    bad, total = nonfinite_weights(ckpt_dir)
+    check(not bad, f"{bad:,} of {total:,} weights of {ckpt_dir} are NaN or infinite (the run diverged): nothing to "
+                   f"{use}; use a checkpoint of a run that converged")
+
+
 def weights_sha256(ckpt_dir: str | Path) -> str:
     """Hex SHA-256 of a checkpoint's model.safetensors (recorded by fine-tuned checkpoints of their parent)."""
     path = Path(ckpt_dir) / WEIGHTS

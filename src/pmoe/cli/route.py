@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from pmoe.checkpoints import check_finite_weights
 from pmoe.cli.common import emit, positive_int
 from pmoe.outputs import check_output_file
 from pmoe.runs.kinds import kind_of_checkpoint
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.png, [args.checkpoint], "--png", ".png", args.overwrite)
     cfg = RouteConfig(args.layer, args.images, args.examples, args.png, args.device)
     kind = kind_of_checkpoint(args.checkpoint)
+    check_finite_weights(args.checkpoint, "route")
     result = kind.route(args.checkpoint, cfg)
     lines = kind.route_lines(result)
     if args.png:

@@ -136,11 +136,15 @@ def _protected(spec: PruneSpec, n: int, k: int) -> dict[int, set[int]]:
 
 
 def _router(source: TensorSource, key: str, name: str) -> torch.Tensor:
-    """Router weight `key` of `source` (`name` in errors); PmoeError unless floating-point: an integer router would
-    be ranked through a cast (other integer tensors are copied or sliced bit-exact)."""
+    """Router weight `key` of `source` (`name` in errors); PmoeError unless floating-point (an integer router would
+    be ranked through a cast; other integer tensors are copied or sliced bit-exact) and finite (NaN norms rank
+    nothing)."""
     w = source.load(key)
     check(w.is_floating_point(), f"{name} router {key} has dtype {w.dtype}; expected a floating-point router "
                                  "(ranking an integer one would need a cast)")
+    bad = int((~torch.isfinite(w)).sum())
+    check(not bad, f"{name} router {key} has {bad:,} NaN or infinite entries of {w.numel():,}: its experts cannot be "
+                   "ranked; use a checkpoint of a run that converged")
     return w
 
 

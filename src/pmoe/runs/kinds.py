@@ -37,8 +37,14 @@ class RunKind:
     route_lines: Callable[[dict], list[str]]  # the human form of a `route` report
 
 
+def theory_device(name: str) -> torch.device:
+    """The CPU, for --device auto or cpu: theory models run on the CPU."""
+    check(name in ("auto", "cpu"), f"theory models run on the CPU: device must be 'auto' or 'cpu', got {name!r}")
+    return torch.device("cpu")
+
+
 THEORY = RunKind("theory", THEORY_MODELS, ("theory",), False, theory.train_theory, theory.finetune_theory,
-                 theory.evaluate_theory, route.route_theory, TheoryTask, lambda _: torch.device("cpu"),
+                 theory.evaluate_theory, route.route_theory, TheoryTask, theory_device,
                  summaries.theory_eval_lines, summaries.theory_route_lines)
 VISION = RunKind("vision", tuple(PRESETS), images.VISION_ARCHS, True, images.train_preset, images.finetune_preset,
                  images.evaluate_run, route.route_vision, VisionTask, resolve_device, summaries.vision_eval_lines,

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pmoe.checkpoints import load_checkpoint, read_config, save_checkpoint, weights_sha256
+from pmoe.checkpoints import check_finite_weights, load_checkpoint, read_config, save_checkpoint, weights_sha256
 from pmoe.errors import check
 from pmoe.outputs import output_folder
 from pmoe.prune.cost import model_cost
@@ -66,6 +66,8 @@ def load_pair(finetuned_dir: str | Path, pretrained_dir: str | Path | None, devi
     """Load and check a fine-tuned checkpoint and its pretrained parent (either may not be pruned already)."""
     cfg = read_config(finetuned_dir)
     check("pruning" not in cfg, f"{finetuned_dir} is a pruned checkpoint already; prune the fine-tuned one")
+    for ckpt in filter(None, (finetuned_dir, pretrained_dir)):
+        check_finite_weights(ckpt, "prune")
     sources = {"finetuned": _source(finetuned_dir)}
     if pretrained_dir is not None:
         pre_cfg = read_config(pretrained_dir)

@@ -68,6 +68,9 @@ def combine_sweeps(sweep_dirs: list[str | Path], out_dir: str | Path, overwrite:
     """Mean ± std over the sweeps in `sweep_dirs` (e.g. one per seed) of the accuracy of every method and ratio,
     after pruning and after the post-pruning fine-tune; the report goes to `out_dir`."""
     check(len(sweep_dirs) >= 2, f"give at least two sweep folders to combine, got {len(sweep_dirs)}")
+    folders = [Path(d).resolve() for d in sweep_dirs]
+    twice = [str(d) for i, d in enumerate(sweep_dirs) if folders[i] in folders[:i]]
+    check(not twice, f"each sweep folder counts once; given twice: {', '.join(twice)}")
     with output_folder(out_dir, sweep_dirs, overwrite) as tmp:
         return _combine([read_sweep(d) for d in sweep_dirs], sweep_dirs, out_dir, tmp)
 

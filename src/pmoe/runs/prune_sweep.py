@@ -92,6 +92,8 @@ def _sweep(finetuned_dir: str | Path, pretrained_dir: str | Path | None, cfg: Sw
     """`prune_sweep`'s work, writing the report into `tmp`; the summary."""
     start = time.perf_counter()
     check(len(cfg.methods) > 0 and len(cfg.ratios) > 0, "give at least one method and one ratio")
+    twice = [v for vs in (cfg.methods, cfg.ratios) for i, v in enumerate(vs) if v in vs[:i]]
+    check(not twice, f"methods and ratios must differ from each other; given twice: {twice}")
     configs = {(m, r): cfg.prune_config(m, r) for m in cfg.methods for r in cfg.ratios}  # checks every setting
     pair = load_pair(finetuned_dir, pretrained_dir, device)
     layers = pair.finetuned.moe_layers()
