@@ -66,8 +66,6 @@ def load_pair(finetuned_dir: str | Path, pretrained_dir: str | Path | None, devi
     """Load and check a fine-tuned checkpoint and its pretrained parent (either may not be pruned already)."""
     cfg = read_config(finetuned_dir)
     check("pruning" not in cfg, f"{finetuned_dir} is a pruned checkpoint already; prune the fine-tuned one")
-    for ckpt in filter(None, (finetuned_dir, pretrained_dir)):
-        check_finite_weights(ckpt, "prune")
     sources = {"finetuned": _source(finetuned_dir)}
     if pretrained_dir is not None:
         pre_cfg = read_config(pretrained_dir)
@@ -80,6 +78,8 @@ def load_pair(finetuned_dir: str | Path, pretrained_dir: str | Path | None, devi
         if "sha256" in parent:  # the fine-tune recorded its parent
             check(parent["sha256"] == sha, f"{finetuned_dir} was fine-tuned from {parent.get('path')} (weights sha256 "
                                            f"{parent['sha256'][:12]}…), not from {pretrained_dir} (sha256 {sha[:12]}…)")
+    for ckpt in filter(None, (finetuned_dir, pretrained_dir)):
+        check_finite_weights(ckpt, "prune")
     task = make_task(cfg, device)
     finetuned = load_checkpoint(finetuned_dir)[0].to(task.device)
     pretrained = load_checkpoint(pretrained_dir)[0].to(task.device) if pretrained_dir is not None else None
