@@ -31,7 +31,8 @@ def add_vision_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps (default: --epochs)")
     g.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on CUDA (float32)")
     g.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")
-    g.add_argument("--workers", type=nonnegative_int, help="DataLoader workers decoding file-backed data sets (default: 0)")
+    g.add_argument("--workers", type=nonnegative_int,
+                   help="DataLoader workers decoding file-backed data sets (default: 0)")
     g.add_argument("--eval-batch-size", type=positive_int, help=f"default: {d.eval_batch_size}")
     g.add_argument("--data-opt", action="append", metavar="KEY=VALUE",
                    help="a field of the image data set's config, e.g. val_fraction=0.1 (repeatable)")

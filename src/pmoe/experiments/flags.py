@@ -13,34 +13,30 @@ THEORY_DATA = ("fashion-patches", "synthetic")  # the theory sweeps' --data
 
 
 COUNT_MAX = 2**31 - 1  # beyond any run of this library; larger counts overflow C integers in torch, tqdm, range
+SEED_MAX = 2**63 - 1  # torch's generators take 64-bit seeds; numpy's and Python's any size: the common range
 
 
-def _count(text: str, low: int) -> int:
+def _int_in(text: str, low: int, high: int, high_name: str) -> int:
+    """argparse type: an integer in low .. high (`high_name` in the message)."""
     value = int(text)
-    if not low <= value <= COUNT_MAX:
-        raise argparse.ArgumentTypeError(f"must be an integer in {low} .. 2^31 - 1, got {text}")
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be an integer in {low} .. {high_name}, got {text}")
     return value
 
 
 def positive_int(text: str) -> int:
     """argparse type: an integer in 1 .. 2^31 - 1."""
-    return _count(text, 1)
+    return _int_in(text, 1, COUNT_MAX, "2^31 - 1")
 
 
 def nonnegative_int(text: str) -> int:
     """argparse type: an integer in 0 .. 2^31 - 1."""
-    return _count(text, 0)
-
-
-SEED_MAX = 2**63 - 1  # torch's generators take 64-bit seeds; numpy's and Python's any size: the common range
+    return _int_in(text, 0, COUNT_MAX, "2^31 - 1")
 
 
 def seed(text: str) -> int:
     """argparse type: a random seed, an integer in 0 .. 2^63 - 1."""
-    value = int(text)
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"must be an integer in 0 .. 2^63 - 1, got {text}")
-    return value
+    return _int_in(text, 0, SEED_MAX, "2^63 - 1")
 
 
 def given(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:

@@ -42,7 +42,8 @@ def _check_sweep(res: dict, file: Path) -> None:
     need(isinstance(cfg["methods"], list) and all(isinstance(m, str) for m in cfg["methods"]),
          "config.methods must be a list of names", cfg["methods"])
     need(isinstance(cfg["ratios"], list) and all(isinstance(r, (int, float)) and not isinstance(r, bool)
-                                                 for r in cfg["ratios"]), "config.ratios must be numbers", cfg["ratios"])
+                                                 for r in cfg["ratios"]),
+         "config.ratios must be numbers", cfg["ratios"])
     steps = cfg["finetune"].get("steps") if isinstance(cfg["finetune"], dict) else None
     need(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0,
          "config.finetune.steps must be an integer >= 0", steps)
@@ -52,9 +53,9 @@ def _check_sweep(res: dict, file: Path) -> None:
     need(isinstance(points, list) and all(isinstance(p, dict) for p in points), "points must be a list of objects",
          points)
     for p in points:
-        bad = [k for k in keys if not _is_accuracy(p.get(k))]
-        need(not bad, f"{bad[0] if bad else ''} of point ({p.get('method')}, ratio {p.get('ratio')}) must be a number "
-                      "in [0, 1]", p.get(bad[0]) if bad else None)
+        for k in keys:
+            need(_is_accuracy(p.get(k)), f"{k} of point ({p.get('method')}, ratio {p.get('ratio')}) must be a number "
+                                         "in [0, 1]", p.get(k))
     have = {(p.get("method"), p.get("ratio")) for p in points}
     missing = [(m, r) for m in cfg["methods"] for r in cfg["ratios"] if (m, r) not in have]
     need(not missing, "points must cover every method and ratio of config (missing shown)", missing)

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from pmoe.data.idx import DEFAULT_DATA_DIR
-from pmoe.outputs import DATA_ROOT
 from pmoe.data.vision.celeba import CelebAConfig, load_celeba
 from pmoe.data.vision.cifar import load_cifar
 from pmoe.data.vision.dataset import ImageDataset
@@ -20,6 +19,7 @@ from pmoe.data.vision.splits import SPLITS, SplitConfig, train_val_test
 from pmoe.data.vision.spurious import attribute, attribute_contrast, class_sets, make_spurious, stamp_corner
 from pmoe.errors import check
 from pmoe.fields import check_fields
+from pmoe.outputs import DATA_ROOT
 
 DATASETS_ROOT = DATA_ROOT  # default data_dir: DATASETS_ROOT/<name> (Fashion-MNIST's apt package's)
 
