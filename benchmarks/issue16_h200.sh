@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Issue 16's measurements on one GPU in one call, in the order that matters most (each step stops at its own limit,
-# so that one slow compile cannot take the rest down): the fused kernels' CUDA test (it compiles some 60 kernel
-# variants: about 3 minutes), each fused GEMM against cuBLAS, the layers (bf16 weights, the fused one profiled;
-# autocast) and ViT-MoE-S training eager with fused patch layers. About 10 minutes on an H200 (the limits add up to
-# 580 s). Results (JSON + markdown, and every step's log) land in OUT; BENCHMARKS.md quotes them.
-#   bash benchmarks/issue16_h200.sh OUT
+# Issue 16's recorded H200 run (round 8), in two parts that each fit one device call of 10 minutes (run them back to
+# back on one machine; each step stops at its own limit, so that one slow compile cannot take the rest down):
+#   eager:    the layers at every size with autocast (every variant) and with bf16 weights (the fused one too), their
+#             profiles at ViT-B size, ViT-MoE-S training eager (every variant, the fused patch layers too) and the
+#             profiles of a dense and a patch K=1 training step
+#   compiled: the layers and ViT-MoE-S training under torch.compile, and whether the fused layer compiles
+# Results (JSON + markdown, and every step's log) land in OUT; BENCHMARKS.md quotes them.
+#   bash benchmarks/issue16_h200.sh OUT eager|compiled
 set -u
-out=${1:?usage: issue16_h200.sh OUT}
+out=${1:?usage: issue16_h200.sh OUT eager|compiled} part=${2:?usage: issue16_h200.sh OUT eager|compiled}
 mkdir -p "$out"
 export PYTHONPATH=${PYTHONPATH:-src} PYTHONUNBUFFERED=1
 step() {  # step SECONDS NAME COMMAND...: run with a limit, log to OUT/NAME.log, report the wall time
@@ -15,13 +17,29 @@ step() {  # step SECONDS NAME COMMAND...: run with a limit, log to OUT/NAME.log,
   timeout "$limit" "$@" >"$out/$name.log" 2>&1
   echo "$name: exit $? after $((SECONDS - start)) s"
 }
-V=(--variants patch "patch fused" straightforward "token K=2")
-step 240 test_fused env PMOE_TEST_DEVICE=cuda python -m pytest -q -rs tests/test_fused.py
-step 80 fused_kernels python benchmarks/fused_kernels.py --size vit-b --out "$out/fused_kernels_h200"
-step 80 layers_bf16w python benchmarks/moe_layers.py --sizes vit-s vit-b --dtype bfloat16 --weights bfloat16 \
-    --no-bias "${V[@]}" --profile "patch fused" --out "$out/moe_layers_h200_bf16w"
-step 110 vit_eager python benchmarks/vit_training.py --batch 256 --variants "vit-s (dense)" "vit-moe-s patch K=1" \
-    "vit-moe-s patch K=1 fused" "vit-moe-s token K=1" --out "$out/vit_training_h200_eager"
-step 70 layers_autocast python benchmarks/moe_layers.py --sizes vit-s vit-b --dtype bfloat16 "${V[@]}" \
-    --out "$out/moe_layers_h200_autocast"
+L=(python benchmarks/moe_layers.py --dtype bfloat16)
+S=(--sizes theory small vit-s vit-b)
+V=(--variants patch straightforward "token K=2")
+T=(python benchmarks/vit_training.py --batch 256)
+case $part in
+eager)
+  step 150 layers_autocast "${L[@]}" "${S[@]}" --out "$out/moe_layers_h200_autocast"
+  step 80 layers_bf16w "${L[@]}" "${S[@]}" --weights bfloat16 --no-bias "${V[@]}" "patch fused" \
+      --out "$out/moe_layers_h200_bf16w"
+  step 50 layers_profile "${L[@]}" --sizes vit-b --weights bfloat16 --no-bias "${V[@]}" "patch fused" \
+      --profile patch "patch fused" straightforward "token K=2" --reps 10 --out "$out/moe_layers_h200_bf16w_profile"
+  step 90 vit_eager "${T[@]}" --variants "vit-s (dense)" "vit-moe-s patch K=1" "vit-moe-s token K=1" \
+      "vit-moe-s patch K=2" "vit-moe-s token K=2" "vit-moe-s patch K=1 fused" --out "$out/vit_training_h200_eager"
+  step 40 vit_profile "${T[@]}" --steps 5 --variants "vit-moe-s patch K=1" --profile "vit-s (dense)" \
+      "vit-moe-s patch K=1" --out "$out/vit_training_h200_eager_profile"
+  ;;
+compiled)
+  step 240 layers_compile "${L[@]}" "${S[@]}" --compile "${V[@]}" --out "$out/moe_layers_h200_compile"
+  step 240 vit_compile "${T[@]}" --compile --variants "vit-s (dense)" "vit-moe-s patch K=1" "vit-moe-s token K=1" \
+      "vit-moe-s patch K=2" "vit-moe-s token K=2" --out "$out/vit_training_h200_compile"
+  step 60 layers_compile_fused "${L[@]}" --sizes vit-b --weights bfloat16 --no-bias --compile --variants "patch fused" \
+      --out "$out/moe_layers_h200_compile_fused"
+  ;;
+*) echo "usage: issue16_h200.sh OUT eager|compiled" >&2; exit 2 ;;
+esac
 tail -n 3 "$out"/*.log

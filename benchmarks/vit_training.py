@@ -22,6 +22,8 @@ from pmoe.layers import PatchMoE
 from pmoe.models.presets import build_preset
 from pmoe.reports import markdown_table
 
+from moe_layers import top_ops  # benchmarks/ is on sys.path when run as a script
+
 VARIANTS = {  # label: (preset, its overrides, whether the patch layers run the fused kernels)
     "vit-s (dense)": ("vit-s", {}, False),
     "vit-moe-s token K=1": ("vit-moe-s", {"num_selected": 1}, False),
@@ -43,7 +45,8 @@ def fuse_patch_layers(model: torch.nn.Module) -> None:
 
 
 def images_per_second(name: str, overrides: dict, fused: bool, batch: int, steps: int, device: torch.device,
-                      compile_: str | None, image_size: int) -> float:
+                      compile_: str | None, image_size: int, profiled: bool = False) -> tuple[float, list[dict]]:
+    """Images/s of the variant's training steps, and its top ops by device time if `profiled` (else [])."""
     torch.manual_seed(0)
     model = build_preset(name, image_size=image_size, num_classes=1000, **overrides).to(device).train()
     if fused:
@@ -71,7 +74,7 @@ def images_per_second(name: str, overrides: dict, fused: bool, batch: int, steps
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times)
+    return batch / statistics.median(times), top_ops(step, device) if profiled else []
 
 
 def main() -> None:
@@ -83,14 +86,17 @@ def main() -> None:
     p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
                    help="torch.compile(model, mode=MODE) (default, max-autotune, ...)")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT_VARIANTS, metavar="VARIANT")
+    p.add_argument("--profile", nargs="*", default=[], choices=list(VARIANTS), metavar="VARIANT",
+                   help="add these variants' top ops of a training step (after their timing)")
     p.add_argument("--out", default="benchmarks/results/vit_training")
     args = p.parse_args()
     device = torch.device(args.device)
     rows = []
     for label in ["vit-s (dense)"] + [v for v in args.variants if v != "vit-s (dense)"]:
-        ips = images_per_second(*VARIANTS[label], args.batch, args.steps, device, args.compile, args.image_size)
-        rows.append({"variant": label, "images_per_second": round(ips, 1)})
-        print(json.dumps(rows[-1]), flush=True)
+        ips, ops = images_per_second(*VARIANTS[label], args.batch, args.steps, device, args.compile, args.image_size,
+                                     label in args.profile)
+        rows.append({"variant": label, "images_per_second": round(ips, 1), **({"top_ops": ops} if ops else {})})
+        print(json.dumps({"variant": label, "images_per_second": rows[-1]["images_per_second"]}), flush=True)
     dense = rows[0]["images_per_second"]
     for r in rows:
         r["vs_dense"] = round(r["images_per_second"] / dense, 3)
@@ -98,6 +104,10 @@ def main() -> None:
            "batch": args.batch, "image_size": args.image_size, "compile": args.compile}
     table = markdown_table(["variant", "images/s", "vs dense ViT-S"],
                            [[r["variant"], r["images_per_second"], r["vs_dense"]] for r in rows])
+    for r in rows:
+        if "top_ops" in r:
+            table += f"\n\nTop ops of a training step of {r['variant']}:\n\n" + markdown_table(
+                ["op", "us", "share"], [[o["op"], o["us_per_call"], f"{o['share']:.0%}"] for o in r["top_ops"]])
     print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

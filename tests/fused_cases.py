@@ -84,12 +84,12 @@ def relative_error(ref: torch.Tensor, got: torch.Tensor) -> float:
     return float((got - ref).abs().max() / ref.abs().max())
 
 
-def max_errors(device: str, dtype: torch.dtype, cases: dict = CASES) -> dict[str, float]:
-    """Case -> the largest relative error over the output and the gradients (fused in dtype vs gather in fp64), and
-    over the output of a forward without autograd (inference keeps no pre-activation)."""
+def max_errors(device: str, dtype: torch.dtype, cases: dict = CASES, dispatch: str = "fused") -> dict[str, float]:
+    """Case -> the largest relative error over the output and the gradients (`dispatch` in dtype vs gather in fp64),
+    and over the output of a forward without autograd (inference keeps no pre-activation)."""
     errors = {}
     for name, case in cases.items():
-        ref, fused = build(case, "gather").double(), build(case, "fused").to(device, dtype)  # the same weights
+        ref, fused = build(case, "gather").double(), build(case, dispatch).to(device, dtype)  # the same weights
         x = torch.randn(case[0], case[1], case[2], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
         errors[name] = max(relative_error(a, b) for a, b in zip(outputs(ref, x), outputs(fused, x.to(device, dtype))))
         with torch.no_grad():

@@ -17,7 +17,7 @@ from pmoe.layers import ConvExperts, MlpExperts, PatchMoE
 from pmoe.layers.fused import CUDA_GEMM_TILES, SCATTER_ADD, STORE_ACT, fit_stages, runs_fused
 from pmoe.train.distributed.expert_parallel import check_shardable
 
-from fused_cases import CASES, LARGE_CASES, OneLayer, build, max_errors, outputs, saliency_error
+from fused_cases import CASES, LARGE_CASES, OneLayer, build, max_errors, outputs, relative_error, saliency_error
 
 HERE = Path(__file__).parent
 
@@ -42,17 +42,31 @@ def test_interpreted_kernels_match_the_float64_gather_path(device):
 def test_kernels_on_cuda(device):
     if device.type != "cuda":
         pytest.skip("the compiled kernels need CUDA (PMOE_TEST_DEVICE=cuda); CPU runs them interpreted above")
-    assert runs_fused(torch.zeros(1, device=device))
-    for dtype, tol in ((torch.float32, 5e-5), (torch.bfloat16, 3e-2)):
-        errors = max_errors(device.type, dtype, {**CASES, **LARGE_CASES})
-        assert all(e < tol for e in errors.values()), (dtype, errors)
+    assert runs_fused(torch.zeros(1, device=device, dtype=torch.bfloat16))
+    for dtype, cases in ((torch.bfloat16, {**CASES, **LARGE_CASES}), (torch.float16, LARGE_CASES)):
+        fused, gather = (max_errors(device.type, dtype, cases, dispatch) for dispatch in ("fused", "gather"))
+        # 16-bit rounding alone errs by up to 0.1 here (the gather path too); a wrong kernel errs by far more
+        assert all(fused[c] <= 1.25 * gather[c] + 1e-3 for c in fused), (dtype, fused, gather)
     assert saliency_error(device.type, torch.float32) == 0
     case = LARGE_CASES["CUDA tiles, ragged"]  # fp32 weights under bf16 autocast, as training runs them
+    x = torch.randn(*case[:3], dtype=torch.float64)
+    ref = outputs(build(case, "gather").double(), x)
+    errors = {}
+    for dispatch in ("gather", "fused"):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got = outputs(build(case, dispatch).to(device), x.to(device, torch.float32))
+        errors[dispatch] = max(relative_error(a, b) for a, b in zip(ref, got))
+    assert errors["fused"] <= 1.25 * errors["gather"] + 1e-3, errors
+
+
+def test_fp32_on_cuda_gathers(device):
+    if device.type != "cuda":
+        pytest.skip("CUDA only: on CPU the kernels run interpreted in fp32 (above)")
+    case = CASES["several tiles, K=2"]  # Triton's exact fp32 tiles compile for 40 s and skip the tensor cores
     x = torch.randn(*case[:3], device=device)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        pairs = zip(outputs(build(case, "gather").to(device), x), outputs(build(case, "fused").to(device), x))
-    errors = [float((b.float() - a.float()).abs().max() / a.float().abs().max()) for a, b in pairs]
-    assert max(errors) < 3e-2, errors
+    assert not runs_fused(x)
+    for a, b in zip(outputs(build(case, "gather").to(device), x), outputs(build(case, "fused").to(device), x)):
+        torch.testing.assert_close(a, b)  # the same path; CUDA's atomic row sums add in any order
 
 
 def test_pipeline_stages_fit_the_shared_memory():

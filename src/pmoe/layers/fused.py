@@ -8,8 +8,10 @@ Forward, for expert e and its rows r = rows[e*M:(e+1)*M] of the (N, d) patches x
 Backward, with G = dout[r] @ W2[e]:
     dgate = rowsum(A * G) + dout[r] . b2[e];  dZ = gate * G * act'(Z);  dx[r] += dZ @ W1[e]
     dW2[e] = (gate * dout[r])^T A,  db2[e] = sum gate * dout[r];  dW1[e] = dZ^T x[r],  db1[e] = sum dZ
-Runs on CUDA where Triton is installed, and on CPU under TRITON_INTERPRET=1 (the tests); elsewhere `PatchMoE` takes
-its gather path, which computes the same values.
+Runs for 16-bit inputs (bf16 or fp16, autocast's included) on CUDA where Triton is installed, and on CPU under
+TRITON_INTERPRET=1 (the tests, fp32); elsewhere `PatchMoE` takes its gather path, which computes the same values:
+fp32 on CUDA too, where cuBLAS follows torch's float32 matmul precision (Triton's exact fp32 tiles compiled for
+40 s each on the H200 and multiply without tensor cores).
 """
 from __future__ import annotations
 
@@ -64,9 +66,13 @@ def kernels() -> ModuleType | None:
     return triton_kernels
 
 
+HALF = (torch.bfloat16, torch.float16)
+
+
 def runs_fused(x: Tensor) -> bool:
-    """Whether the kernels run for inputs on x's device (CUDA with Triton; CPU only when interpreted)."""
-    return (x.is_cuda or INTERPRET) and kernels() is not None
+    """Whether the kernels run for x, the bank's input in its compute dtype (16-bit on CUDA with Triton; anything
+    when interpreted)."""
+    return ((x.is_cuda and x.dtype in HALF) or INTERPRET) and kernels() is not None
 
 
 def _blocks(size: int, block: int) -> int:
@@ -79,10 +85,6 @@ def fit_stages(tiles: dict, itemsize: int, shared_memory: int) -> dict:
     each stage an A and a B tile of `itemsize`-byte elements; at least one."""
     stage = (tiles["BLOCK_M"] + tiles["BLOCK_N"]) * tiles["BLOCK_K"] * itemsize
     return {**tiles, "num_stages": max(1, min(tiles["num_stages"], shared_memory * 3 // 4 // stage))}
-
-
-def _precision(t: Tensor) -> str:
-    return "ieee" if t.dtype == torch.float32 else "tf32"  # fp32 stays fp32 (torch's default); ignored for bf16
 
 
 def rows_gemm(a: Tensor, b: Tensor, M: int, epilogue: int, c: Tensor, *, act: int, a_rows: Tensor | None = None,
@@ -102,7 +104,7 @@ def rows_gemm(a: Tensor, b: Tensor, M: int, epilogue: int, c: Tensor, *, act: in
         c if dgate is None else dgate,
         M, N, K, a.stride(0), *b.stride(),
         GATHER_A=a_rows is not None, HAS_BIAS=bias is not None, HAS_GATE=gate is not None, ACT=act,
-        EPILOGUE=epilogue, PRECISION=_precision(a), EVEN_K=K % tiles["BLOCK_K"] == 0, **tiles)
+        EPILOGUE=epilogue, EVEN_K=K % tiles["BLOCK_K"] == 0, **tiles)
 
 
 def rows_wgrad(p: Tensor, q: Tensor, k: int, *, p_rows: Tensor | None = None, q_rows: Tensor | None = None,

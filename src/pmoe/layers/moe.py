@@ -76,7 +76,7 @@ class PatchMoE(RoutedLayer):
             outputs (banks that accept shared (M, d) rows: MlpExperts). Same values; `dense` is faster when experts
             are tiny (the theory's m=5 neurons on CPU: one well-shaped GEMM that reads each patch once). `fused`
             gathers, gates and sums inside Triton GEMM kernels (`pmoe.layers.fused`; MlpExperts with GELU or ReLU,
-            no dropout, combine `sum`); where they do not run (CPU), it gathers.
+            no dropout, combine `sum`; bf16/fp16 on CUDA); where they do not run (CPU, fp32), it gathers.
     """
 
     def __init__(self, experts: nn.Module, l: int | None = None, gate: GateMode = "softmax_selected",
@@ -137,12 +137,13 @@ class PatchMoE(RoutedLayer):
         k, l = index.shape[1:]
         rows = _expert_rows(index, n)  # (k*B*l,)
         self._check_fused()
+        x = _dispatch_dtype(x)
         if self.dispatch == "fused" and runs_fused(x) and x.numel() > 0:
             gates = gates.transpose(0, 1).reshape(k * B * l)  # expert-major, as rows
-            out = fused_experts(self.experts, _dispatch_dtype(x).reshape(B * n, d), rows, gates)  # (B*n, d_out)
+            out = fused_experts(self.experts, x.reshape(B * n, d), rows, gates)  # (B*n, d_out)
             return out.view(B, n, out.shape[-1])
         if self.dispatch != "dense":
-            xe = _gather_rows(_dispatch_dtype(x).reshape(B * n, d), rows).view(k, B * l, d)
+            xe = _gather_rows(x.reshape(B * n, d), rows).view(k, B * l, d)
             ye = self.experts(xe)  # (k, B*l, d_out)
         else:
             y_all = self.experts(x.reshape(B * n, d))  # (k, B*n, d_out): every expert on every patch

@@ -50,7 +50,7 @@ def _act_grad(z, ACT: tl.constexpr):
 def rows_gemm_kernel(a_ptr, a_rows_ptr, b_ptr, bias_ptr, gate_ptr, c_ptr, c2_ptr, c3_ptr, c_rows_ptr, dgate_ptr,
                      M, N, K, stride_a, stride_be, stride_bk, stride_bn,
                      GATHER_A: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GATE: tl.constexpr, ACT: tl.constexpr,
-                     EPILOGUE: tl.constexpr, PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+                     EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """Epilogues (acc = A-rows @ B[e], + bias[e] if HAS_BIAS):
     STORE         C[row] = act(acc)                                     (inference: no pre-activation kept)
@@ -85,7 +85,7 @@ def rows_gemm_kernel(a_ptr, a_rows_ptr, b_ptr, bias_ptr, gate_ptr, c_ptr, c2_ptr
             mask_k = offs_k < K - k0
             a = tl.load(a_ptrs, mask=mask_k[None, :], other=0.0)
             b = tl.load(b_ptrs, mask=mask_k[:, None], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        acc = tl.dot(a, b, acc)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K * stride_bk
     if HAS_BIAS:
