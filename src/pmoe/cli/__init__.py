@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
+from typing import Iterator
 
 import pmoe
 from pmoe.errors import PmoeError, os_message
@@ -20,17 +24,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread: unfinished outputs and worker processes are cleaned up on the way out."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Inside, SIGTERM raises `Terminated` (where signals can be handled: the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pmoe` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_raises():
+            return int(args.func(args) or 0)
     except (PmoeError, OSError) as e:
         print(f"pmoe {args.command}: error: {os_message(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"pmoe {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"pmoe {args.command}: terminated", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":
