@@ -60,6 +60,9 @@ def test_route_reports_each_expert_against_chance(checkpoint, capsys):
     (["train", "--data", "fashion-patches", "--data-dir", "{tmp}/nowhere", "--samples", "10", "--out", "{tmp}/b"],
      "nowhere"),
     (["eval", "{tmp}/missing"], "does not exist"),
+    (["eval", "{tmp}/cnn/config.json"], "is a file, not a folder"),
+    (["train", "--data", "fashion-patches", "--data-dir", "{tmp}/cnn/config.json", "--samples", "10", "--out",
+      "{tmp}/c"], "is a file, not a folder"),
     (["route", "{tmp}/cnn"], "has no routers"),
 ])
 def test_bad_input_is_a_clear_error_without_traceback(tmp_path, capsys, args, message):

@@ -236,6 +236,8 @@ def test_corrupt_truncated_and_missing_files_are_refused(tmp_path, pair):
         prune_checkpoint(*pair, tmp_path / "out", PruneSpec(keep=2))
     with pytest.raises(PmoeError, match="does not exist"):
         prune_checkpoint(tmp_path / "nowhere", pair[1], tmp_path / "out", PruneSpec(keep=2))
+    with pytest.raises(PmoeError, match="is a file, not a folder; expected a local Hugging Face model folder"):
+        prune_checkpoint(pair[0] / "config.json", pair[1], tmp_path / "out", PruneSpec(keep=2))
     (pair[0] / "model.safetensors").unlink()
     with pytest.raises(PmoeError, match="has neither model.safetensors nor model.safetensors.index.json"):
         prune_checkpoint(*pair, tmp_path / "out", PruneSpec(keep=2))

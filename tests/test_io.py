@@ -1,6 +1,8 @@
+import errno
 import os
 import stat
 import time
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +67,23 @@ def test_an_output_a_kill_left_moved_aside_is_put_back(tmp_path):
         with atomic_path(tmp_path / "out", is_dir=True):
             raise RuntimeError("failed")
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and (tmp_path / "out" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("failing", ["moving the old folder aside", "moving the new folder in"])
+def test_a_failed_replacement_keeps_the_old_folder_and_leaves_no_temporary(tmp_path, monkeypatch, failing):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    real = os.rename
+
+    def rename(src, dst):  # EBUSY: the output is a mount point (moving it aside) or the new one cannot move in
+        src, dst = Path(src), Path(dst)
+        aside, new_in = src == out, dst == out and src.parent == tmp_path  # (putting the old one back: neither)
+        if aside if failing == "moving the old folder aside" else new_in:
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(src))
+        real(src, dst)
+    monkeypatch.setattr("pmoe.io.os.rename", rename)
+    with pytest.raises(OSError, match="busy"):
+        with atomic_path(out, is_dir=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in out.iterdir()] == ["old.txt"]

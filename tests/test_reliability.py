@@ -273,6 +273,17 @@ def test_counts_outside_31_bits_are_refused(tmp_path, capsys, flag, value):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [["train", *VISION], ["train", *THEORY], ["eval", "ckpt"], ["route", "ckpt"],
+                                     ["prune", "ckpt", "--keep", "1"]])
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_device_is_refused_not_read_as_auto(tmp_path, capsys, command, value):
+    out = [] if command[0] in ("eval", "route") else ["--out", str(tmp_path / "x")]
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--device", value, *out])
+    assert e.value.code == 2 and "argument --device: must name a device" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_data_larger_than_the_memory_is_refused_before_it_is_made(tmp_path, capsys):
     fails(capsys, ["train", *THEORY, "--samples", str(2 * 10**9), "--out", tmp_path / "x"],  # 536 GiB
           "2000000000 training samples of 6 patches x 12 take", "GiB of memory: ask for fewer")

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from pmoe.errors import PmoeError, check
+from pmoe.errors import PmoeError, check, check_folder
 from pmoe.io import write_bytes, write_json
 from pmoe.models import build_model
 from pmoe.prune.surgery import apply_record
@@ -51,7 +51,7 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 def read_config(ckpt_dir: str | Path) -> dict:
     """config.json of a checkpoint folder, validated."""
     path = Path(ckpt_dir) / CONFIG
-    check(Path(ckpt_dir).is_dir(), f"checkpoint folder {str(ckpt_dir)!r} does not exist")
+    check_folder(ckpt_dir, "checkpoint folder")
     check(path.is_file(), f"{path} is missing: {ckpt_dir} is not a pmoe checkpoint folder")
     try:
         cfg = json.loads(path.read_text())

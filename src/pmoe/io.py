@@ -78,12 +78,13 @@ def replace_dir(new: Path, path: Path) -> None:
         os.rename(new, path)
         return
     old = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
-    os.rename(path, old / path.name)
     try:
-        os.rename(new, path)
-    except BaseException:
-        os.rename(old / path.name, path)
-        raise
+        os.rename(path, old / path.name)  # may fail too (a mount point: EBUSY), leaving `old` empty
+        try:
+            os.rename(new, path)
+        except BaseException:
+            os.rename(old / path.name, path)
+            raise
     finally:
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)

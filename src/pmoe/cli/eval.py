@@ -11,6 +11,7 @@ import sys
 from pmoe.checkpoints import nonfinite_weights
 from pmoe.cli.common import emit
 from pmoe.data.vision import SPLITS
+from pmoe.experiments.flags import device_name
 from pmoe.runs.kinds import kind_of_checkpoint
 
 
@@ -18,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint", description=__doc__)
     p.add_argument("checkpoint", help="checkpoint folder written by `pmoe train` or `pmoe finetune`")
     p.add_argument("--split", choices=SPLITS, help="vision checkpoints: the split to evaluate (default: test)")
-    p.add_argument("--device", help="vision checkpoints: auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device_name, help="vision checkpoints: auto (default), cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=run)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from pmoe.cli.common import emit
-from pmoe.experiments.flags import add_recipe_args, nonnegative_int, positive_int, recipe_changes, seed
+from pmoe.experiments.flags import add_recipe_args, device_name, nonnegative_int, positive_int, recipe_changes, seed
 from pmoe.runs.prune import PruneConfig, prune_checkpoint
 from pmoe.prune.registry import METHODS
 from pmoe.prune.surgery import MODES
@@ -34,7 +34,8 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-samples", type=positive_int, default=256,
                    help="training samples of the data-driven methods (default: 256)")
     p.add_argument("--seed", type=seed, default=0, help="of method random and of the fine-tune (default: 0)")
-    p.add_argument("--device", default="auto", help="vision models: auto | cpu | cuda[:N] (default: auto)")
+    p.add_argument("--device", type=device_name,
+                   default="auto", help="vision models: auto | cpu | cuda[:N] (default: auto)")
     p.add_argument("--out", required=True, help="output folder (must not exist, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")

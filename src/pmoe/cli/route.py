@@ -14,6 +14,7 @@ import argparse
 
 from pmoe.checkpoints import check_finite_weights
 from pmoe.cli.common import emit, positive_int
+from pmoe.experiments.flags import device_name
 from pmoe.outputs import check_output_file
 from pmoe.runs.kinds import kind_of_checkpoint
 from pmoe.runs.route import RouteConfig
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", type=int, default=-1, help="MoE layer, by index in depth order (default: -1, the last)")
     p.add_argument("--examples", type=positive_int, default=3, help="example images per class in the PNG (default: 3)")
     p.add_argument("--images", type=positive_int, default=1000, help="test images to count picks over (default: 1000)")
-    p.add_argument("--device", help="vision checkpoints: auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device_name, help="vision checkpoints: auto (default), cpu, cuda, cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --png file")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=run)

@@ -10,7 +10,7 @@ from typing import Callable
 from pmoe.cli.common import pick
 from pmoe.train.distributed.mesh import check_layout, is_main_process, world_size
 from pmoe.errors import check
-from pmoe.experiments.flags import add_recipe_args, nonnegative_int, positive_int, recipe_changes
+from pmoe.experiments.flags import add_recipe_args, device_name, nonnegative_int, positive_int, recipe_changes
 from pmoe.options import parse_options
 from pmoe.train import FitConfig
 from pmoe.runs.images import ImageDataSpec, finished
@@ -30,7 +30,7 @@ def add_vision_args(p: argparse.ArgumentParser) -> None:
     add_recipe_args(g)
     g.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps (default: --epochs)")
     g.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on CUDA (float32)")
-    g.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")
+    g.add_argument("--device", type=device_name, help="auto (default: cuda if available), cpu, cuda, cuda:N")
     g.add_argument("--workers", type=nonnegative_int,
                    help="DataLoader workers decoding file-backed data sets (default: 0)")
     g.add_argument("--eval-batch-size", type=positive_int, help=f"default: {d.eval_batch_size}")

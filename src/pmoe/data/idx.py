@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pmoe.errors import PmoeError, check
+from pmoe.errors import PmoeError, check, check_folder
 from pmoe.outputs import DATA_ROOT
 
 DEFAULT_DATA_DIR = f"{DATA_ROOT}/fashion-mnist"
@@ -71,8 +71,7 @@ def load_idx_dataset(data_dir: str | os.PathLike, split: str) -> tuple[np.ndarra
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    check(Path(folder).is_dir(), f"data folder {folder} does not exist; it should hold the MNIST-format files "
-          f"{_expected_files()}. {_HOW_TO_GET}")
+    check_folder(folder, "data folder", f"it should hold the MNIST-format files {_expected_files()}. {_HOW_TO_GET}")
     image_path = _find(Path(folder), f"{_PREFIX[split]}-images-idx3-ubyte")
     label_path = _find(Path(folder), f"{_PREFIX[split]}-labels-idx1-ubyte")
     images, labels = read_idx(image_path), read_idx(label_path)

@@ -39,6 +39,13 @@ def seed(text: str) -> int:
     return _int_in(text, 0, SEED_MAX, "2^63 - 1")
 
 
+def device_name(text: str) -> str:
+    """argparse type: a --device value, not empty (its name is checked where the device is made)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must name a device (auto, cpu, cuda or cuda:N), got {text!r}")
+    return text
+
+
 def given(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
     """{dest: value} of the flags among `names` (dests) that were given (not None)."""
     values = vars(args)

@@ -26,7 +26,8 @@ from pmoe.analysis.hits import class_patch_hits
 from pmoe.checkpoints import CONFIG, load_checkpoint, read_config
 from pmoe.data.vision import ImageDataset
 from pmoe.errors import check
-from pmoe.experiments.flags import add_out, add_recipe_args, given, nonnegative_int, positive_int, recipe_changes
+from pmoe.experiments.flags import (add_out, add_recipe_args, device_name, given, nonnegative_int, positive_int,
+                                    recipe_changes)
 from pmoe.experiments.runner import parallel_map, spread_device
 from pmoe.io import write_json
 from pmoe.models.presets import PRESETS
@@ -96,7 +97,8 @@ def add_sweep_args(p: argparse.ArgumentParser, data_help: str) -> None:
     g.add_argument("--batch-size", type=positive_int)
     g.add_argument("--lr", type=float, help="peak learning rate")
     add_recipe_args(g)
-    p.add_argument("--device", help="auto (default: cuda if available, the runs spread over the visible GPUs), "
+    p.add_argument("--device", type=device_name,
+                   help="auto (default: cuda if available, the runs spread over the visible GPUs), "
                    "cpu, cuda, cuda:N")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile every run's training step (pmoe train --compile)")

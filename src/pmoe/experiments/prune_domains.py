@@ -33,7 +33,7 @@ from pmoe.checkpoints import load_checkpoint, read_config
 from pmoe.data.vision import ImageBatches
 from pmoe.data.vision.domains import DOMAINS, DomainsConfig
 from pmoe.errors import check
-from pmoe.experiments.flags import add_out, add_workers, given, nonnegative_int, positive_int
+from pmoe.experiments.flags import add_out, add_workers, device_name, given, nonnegative_int, positive_int
 from pmoe.experiments.prune_domains_report import report
 from pmoe.experiments.runner import parallel_map, spread_device
 from pmoe.io import write_json, write_text
@@ -180,7 +180,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "image)")
     p.add_argument("--methods", nargs="+", metavar="METHOD", help=f"criteria (default: all of {', '.join(METHODS)})")
     p.add_argument("--data-dir", help="Fashion-MNIST IDX folder (default: Debian's)")
-    p.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device_name, help="auto (default: cuda if available), cpu, cuda, cuda:N")
     add_workers(p, "(model, seed) pipelines")
 
 

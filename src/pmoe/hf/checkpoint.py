@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from safetensors import safe_open
 
-from pmoe.errors import PmoeError, check, os_message
+from pmoe.errors import PmoeError, check, check_folder, os_message
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -96,7 +96,7 @@ class Checkpoint:
     def open(cls, folder: str | Path) -> Checkpoint:
         """Read `config.json` and every shard header of `folder`; PmoeError if something is missing or corrupt."""
         folder = Path(folder)
-        check(folder.is_dir(), f"checkpoint folder {folder} does not exist; expected a local Hugging Face model folder")
+        check_folder(folder, "checkpoint folder", "expected a local Hugging Face model folder")
         check((folder / "config.json").is_file(), f"{folder} has no config.json; expected a Hugging Face model folder")
         config = _read_json(folder / "config.json")
         if (folder / INDEX).is_file():
