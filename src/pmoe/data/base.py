@@ -10,10 +10,15 @@ import torch
 from pmoe.errors import check
 
 
+def machine_memory() -> int:
+    """Bytes of physical memory of this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def check_fits_memory(samples: int, n: int, d: int, split: str) -> None:
     """Refuse `samples` samples (of split 'train' | 'test') of n float32 patches of dimension d that would not fit
     this machine's memory."""
-    need, have = samples * n * d * 4, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    need, have = samples * n * d * 4, machine_memory()
     check(need <= have, f"{samples} {'training' if split == 'train' else 'test'} samples of {n} patches x {d} take "
                         f"{need / 2**30:,.0f} GiB; this machine has {have / 2**30:,.0f} GiB of memory: ask for fewer")
 

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pmoe.data.base import PatchDataset
+from pmoe.data.base import PatchDataset, machine_memory
 from pmoe.data.patches import canvas_image
 from pmoe.data.vision.splits import class_permutations
 from pmoe.errors import PmoeError, check
@@ -33,6 +35,11 @@ from pmoe.io import atomic_path
 FILE_PREFIX = "file:"  # --data file:PATH.npz
 _KEYS = ("x", "images", "y", "disc_pos")  # the arrays of one split
 _SUFFIX = {"train": "_train", "test": "_test"}
+_KNOWN = {"grid"} | {k + s for k in _KEYS for s in ("", "_train", "_test")}  # every array name a file may hold
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+# what numpy and zipfile raise on a member they cannot read (corrupt, truncated, encrypted, unknown compression, ...)
+_READ_ERRORS = (ValueError, TypeError, OverflowError, OSError, EOFError, RuntimeError, NotImplementedError,
+                MemoryError, zipfile.BadZipFile, zlib.error)
 
 
 @dataclass
@@ -113,13 +120,27 @@ def _read(path: str | os.PathLike, recorded: str | None = None) -> bytes:
             f"; the run recorded it with sha256 {recorded}: has it been moved or deleted?" if recorded else ""))
     check(p.is_file(), f"data file {path} is not a file; expected a numpy .npz archive")
     try:
+        size = p.stat().st_size
+        check(size <= machine_memory(), f"data file {path} takes {_gib(size)}, more than this machine's memory "
+              f"({_gib(machine_memory())})")
         return p.read_bytes()
     except OSError as e:
         raise PmoeError(f"data file {path} cannot be read: {e}") from None
+    except MemoryError:
+        raise PmoeError(f"data file {path} ({_gib(size)}) does not fit in the free memory of this machine") from None
+
+
+def _gib(nbytes: int) -> str:
+    """`nbytes` for a message: '12,345 bytes' or '3.2 GiB'."""
+    return f"{nbytes:,} bytes" if nbytes < 2**30 else f"{nbytes / 2**30:,.1f} GiB"
 
 
 def _open(path: str, sha256: str) -> dict[str, np.ndarray]:
-    """The arrays of data file `path`, whose content must still have SHA-256 `sha256`."""
+    """The arrays of data file `path`, whose content must still have SHA-256 `sha256`.
+
+    Every member's .npy header is read and checked first (a known array name, a declared size that the member's
+    bytes hold and that, with the other members, fits this machine's memory); only then is any array read.
+    """
     raw = _read(path, sha256)
     now = hashlib.sha256(raw).hexdigest()
     check(now == sha256, f"data file {path} has changed since the run recorded it: sha256 now {now}, recorded "
@@ -130,21 +151,85 @@ def _open(path: str, sha256: str) -> dict[str, np.ndarray]:
         raise PmoeError(f"data file {path} is not a numpy .npz archive ({e})") from None
     check(isinstance(npz, np.lib.npyio.NpzFile),
           f"data file {path} is a single .npy array; expected an .npz archive of named arrays (x or images, y, ...)")
-    arrays = {}
-    for key in npz.files:
-        try:
-            arrays[key] = npz[key]
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-            raise PmoeError(f"data file {path}: array {key!r} cannot be read ({e})") from None
-    return arrays
+    with npz:
+        members = _members(npz.zip, path)
+        sizes = {key: _check_member(npz.zip, info, key, path) for key, info in members.items()}
+        total = sum(sizes.values())
+        check(total <= machine_memory(), f"data file {path} declares arrays of {_gib(total)} in all "
+              f"({', '.join(f'{k} {_gib(v)}' for k, v in sizes.items())}), more than this machine's memory "
+              f"({_gib(machine_memory())})")
+        return {key: _read_member(npz.zip, info, key, path) for key, info in members.items()}
+
+
+def _members(zf: zipfile.ZipFile, path: str) -> dict[str, zipfile.ZipInfo]:
+    """The zip members of data file `path` by array name (the member's name less .npy, as numpy names them); names
+    must be known and given once."""
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in zf.infolist():
+        key = info.filename.removesuffix(".npy")
+        if key in members:
+            raise PmoeError(f"data file {path} has two zip members for array {key!r}: {members[key].filename!r} "
+                            f"and {info.filename!r}; expected one")
+        members[key] = info
+    unknown = sorted(set(members) - _KNOWN)
+    check(not unknown, f"data file {path} has unexpected array(s) {unknown}; expected x or images (+ grid), y and "
+          f"optionally disc_pos, either as they are (one split) or suffixed _train and _test (two splits)")
+    return members
+
+
+def _member_error(path: str, key: str, info: zipfile.ZipInfo, why: str) -> PmoeError:
+    """The error for array `key` of data file `path`, zip member `info`, that cannot be read because `why`."""
+    return PmoeError(f"data file {path}: array {key!r} cannot be read from zip member {info.filename!r}: {why}")
+
+
+def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, path: str) -> int:
+    """The bytes of data that zip member `info` (array `key`) declares in its .npy header, checked, without reading
+    them, to be numbers (no pickled objects), present in full and within this machine's memory."""
+    try:
+        with zf.open(info) as f:
+            try:
+                version = np.lib.format.read_magic(f)
+            except ValueError:
+                raise _member_error(path, key, info, "it is not a .npy array (no \\x93NUMPY header); expected "
+                                    "numpy arrays saved with np.savez") from None
+            if version not in _NPY_HEADERS:
+                raise _member_error(path, key, info, f".npy format version {version[0]}.{version[1]} is not "
+                                    f"supported (1.0 or 2.0 are)")
+            shape, _, dtype = _NPY_HEADERS[version](f)
+            header = f.tell()
+    except PmoeError:
+        raise
+    except _READ_ERRORS as e:
+        raise _member_error(path, key, info, f"bad .npy header ({e})") from None
+    if dtype.hasobject:
+        raise _member_error(path, key, info, f"it holds Python objects ({dtype}), which are never unpickled; "
+                            f"expected an array of numbers")
+    if any(s < 0 for s in shape):
+        raise _member_error(path, key, info, f"its .npy header declares the negative shape {shape}")
+    need, have = math.prod(shape) * dtype.itemsize, info.file_size - header
+    declared = f"its .npy header declares shape {shape} of {dtype} ({_gib(need)})"
+    if need != have:
+        raise _member_error(path, key, info, f"{declared} but it holds {_gib(max(have, 0))} of data: "
+                            + ("truncated" if have < need else "trailing bytes"))
+    if need > machine_memory():
+        raise _member_error(path, key, info, f"{declared}, more than this machine's memory "
+                            f"({_gib(machine_memory())})")
+    return need
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, path: str) -> np.ndarray:
+    """The array of zip member `info` (array `key`), whose header _check_member has checked."""
+    try:
+        with zf.open(info) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+    except MemoryError:
+        raise _member_error(path, key, info, "it does not fit in the free memory of this machine") from None
+    except _READ_ERRORS as e:
+        raise _member_error(path, key, info, str(e) or type(e).__name__) from None
 
 
 def _split_suffix(arrays: dict[str, np.ndarray], path: str, split: str, separate_test: bool) -> str:
     """'' when `path` is a one-split file used for one split, else the suffix of `split`'s keys."""
-    known = {"grid"} | {k + s for k in _KEYS for s in ("", "_train", "_test")}
-    unknown = sorted(set(arrays) - known)
-    check(not unknown, f"data file {path} has unexpected array(s) {unknown}; expected x or images (+ grid), y and "
-          f"optionally disc_pos, either as they are (one split) or suffixed _train and _test (two splits)")
     one, two = any(k in _KEYS for k in arrays), any(k.endswith(("_train", "_test")) for k in arrays)
     check(not (one and two), f"data file {path} mixes unsuffixed arrays (one split) with _train/_test ones (two "
           f"splits): {sorted(arrays)}")

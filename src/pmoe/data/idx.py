@@ -1,15 +1,18 @@
 """MNIST-format (IDX) files: reading, validating, and finding the train/test files of a data folder."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import math
 import os
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
+from pmoe.data.base import machine_memory
 from pmoe.errors import PmoeError, check, check_folder
 from pmoe.outputs import DATA_ROOT
 
@@ -18,30 +21,62 @@ DEFAULT_DATA_DIR = f"{DATA_ROOT}/fashion-mnist"
 # IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _PREFIX = {"train": "train", "test": "t10k"}
+_CHUNK = 1 << 24  # bytes read at a time
 _HOW_TO_GET = ("'apt-get install dataset-fashion-mnist' puts Fashion-MNIST in " + DEFAULT_DATA_DIR
                + "; or point --data-dir at a folder with MNIST IDX files")
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file, gzipped or raw (told apart by content), into a native-endian array."""
+    """Read one IDX file, gzipped or raw (told apart by content), into a native-endian array.
+
+    Reads exactly the bytes its header declares, refused beforehand if more than this machine's memory, so that a
+    gzip bomb is never decompressed in full.
+    """
     try:
-        raw = Path(path).read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            with gzip.GzipFile(fileobj=raw) if gz else contextlib.nullcontext(raw) as f:
+                return _read_idx_stream(f, path)
     except FileNotFoundError:
         raise PmoeError(f"IDX file {path} does not exist") from None
     except (OSError, EOFError, zlib.error) as e:
         raise PmoeError(f"IDX file {path} cannot be read or decompressed: {e}") from None
-    check(len(raw) >= 4 and raw[:2] == b"\0\0" and raw[2] in _IDX_DTYPES and raw[3] >= 1,
-          f"IDX file {path} has a bad header {raw[:4].hex() or '(empty file)'}: expected 00 00, a type byte "
+    except MemoryError:
+        raise PmoeError(f"IDX file {path} does not fit in the free memory of this machine") from None
+
+
+def _read_idx_stream(f: BinaryIO, path: str | os.PathLike) -> np.ndarray:
+    """The array of the (decompressed) IDX stream `f` of file `path`: header, then exactly the data it declares."""
+    head = f.read(4)
+    check(len(head) == 4 and head[:2] == b"\0\0" and head[2] in _IDX_DTYPES and head[3] >= 1,
+          f"IDX file {path} has a bad header {head.hex() or '(empty file)'}: expected 00 00, a type byte "
           f"among {', '.join(f'{t:02x}' for t in _IDX_DTYPES)} and a dimension count >= 1")
-    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
-    check(len(raw) >= 4 + 4 * ndim, f"IDX file {path} is truncated inside its {ndim} dimension sizes")
-    shape = tuple(int(s) for s in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    expected = 4 + 4 * ndim + math.prod(shape) * dtype.itemsize
-    check(len(raw) == expected, f"IDX file {path} holds {len(raw)} bytes but its header {shape} of {dtype.name} "
-          f"needs {expected}: {'truncated' if len(raw) < expected else 'trailing bytes'}")
-    return np.frombuffer(raw, dtype, offset=4 + 4 * ndim).reshape(shape).astype(dtype.newbyteorder("="))
+    dtype, ndim = np.dtype(_IDX_DTYPES[head[2]]), head[3]
+    sizes = f.read(4 * ndim)
+    check(len(sizes) == 4 * ndim, f"IDX file {path} is truncated inside its {ndim} dimension sizes")
+    shape = tuple(int(s) for s in np.frombuffer(sizes, ">u4"))
+    header, need, have = 4 + 4 * ndim, math.prod(shape) * dtype.itemsize, machine_memory()
+    check(need <= have, f"IDX file {path}: its header {shape} of {dtype.name} declares {need / 2**30:,.1f} GiB of "
+          f"data, more than this machine's memory ({have / 2**30:,.1f} GiB); expected an MNIST-format file")
+    data = _read_upto(f, need)
+    check(len(data) == need, f"IDX file {path} holds {header + len(data)} bytes but its header {shape} of "
+          f"{dtype.name} needs {header + need}: truncated")
+    check(not f.read(1), f"IDX file {path} holds more than the {header + need} bytes that its header {shape} of "
+          f"{dtype.name} needs (trailing bytes): not an IDX file of that shape")
+    return np.frombuffer(data, dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+
+
+def _read_upto(f: BinaryIO, n: int) -> bytearray:
+    """The next `n` bytes of `f` (fewer at its end), read in chunks: a short file takes only the memory of what it
+    holds, whatever its header declares."""
+    data = bytearray()
+    while len(data) < n:
+        chunk = f.read(min(_CHUNK, n - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def _expected_files() -> str:
