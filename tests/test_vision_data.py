@@ -358,7 +358,7 @@ def test_subset_keeps_groups_attributes_and_files(tmp_path):
 
 def test_image_dataset_validates():
     ds = in_memory()
-    with pytest.raises(PmoeError, match="labels must lie in"):
+    with pytest.raises(PmoeError, match="labels of the image data set must lie in"):
         ImageDataset(ds.images, ds.labels + 1, ds.classes, ds.mean, ds.std)
     with pytest.raises(PmoeError, match="one entry per channel"):
         ImageDataset(ds.images, ds.labels, ds.classes, (0.5,), (0.2,))

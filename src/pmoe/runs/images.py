@@ -7,6 +7,7 @@ data), `recipe` (the training recipe its `fit` settings start from: name, source
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +41,30 @@ class ImageDataSpec:
     seed: int = 0  # which subsets
     options: dict = field(default_factory=dict)  # fields of the data set's config (val_fraction, image_size, ...)
 
+    def __post_init__(self) -> None:
+        if self.data_dir is not None:  # recorded absolute: read back from any folder, a run finds the same data
+            self.data_dir = os.path.abspath(os.path.expanduser(self.data_dir))
+
     def make(self, split: str) -> ImageDataset:
+        """Split `split`, as a balanced subset of `samples` (train) or `test_samples` (test) where given; PmoeError
+        for an empty split or a subset larger than it."""
         ds = make_image_dataset(self.name, split, self.data_dir, **self.options)
-        n = {"train": self.samples, "test": self.test_samples}.get(split)
+        where = f"the {split} split of {self.name!r}{f' in {self.data_dir}' if self.data_dir else ''}"
+        check(len(ds) > 0, f"{where} holds no images" + (" (val_fraction is 0: no validation split is held out)"
+                                                         if split == "val" else ""))
+        n, flag = {"train": (self.samples, "--samples"), "test": (self.test_samples, "--test-samples")}.get(
+            split, (None, ""))
+        check(n is None or n <= len(ds), f"{flag} {n} is more than the {len(ds)} images of {where}")
         return balanced_subset(ds, n, self.seed) if n is not None else ds
+
+    def make_train_test(self) -> tuple[ImageDataset, ImageDataset]:
+        """The train and test splits, whose images must have one shape (checked before any training)."""
+        train, test = self.make("train"), self.make("test")
+        check(train.image_shape == test.image_shape,
+              f"the test split of {self.name!r} has images of {'x'.join(map(str, test.image_shape))} (CxHxW) but the "
+              f"train split {'x'.join(map(str, train.image_shape))}; give --data-opt image_size=N to resize both "
+              "(file-backed data sets)")
+        return train, test
 
 
 def build_for_data(name: str, ds: ImageDataset, overrides: dict | None = None) -> nn.Module:
@@ -108,7 +129,7 @@ def train_preset(name: str, data: ImageDataSpec, cfg: FitConfig, out_dir: str | 
                  overrides: dict | None = None, resume: bool = False, progress: bool = True) -> dict:
     """Train preset `name` on `data` into `out_dir` (or resume it); returns the result, also saved in config.json."""
     start = time.perf_counter()
-    train_ds, test_ds = data.make("train"), data.make("test")
+    train_ds, test_ds = data.make_train_test()
     torch.manual_seed(cfg.seed)
     model = build_for_data(name, train_ds, overrides)
     return _fit(model, name, data, train_ds, test_ds, cfg, out_dir, resume, progress, start)
@@ -118,7 +139,7 @@ def finetune_preset(pretrained: str | Path, data: ImageDataSpec, cfg: FitConfig,
                     resume: bool = False, progress: bool = True) -> dict:
     """Fine-tune the vision checkpoint `pretrained` on `data` into `out_dir` (or resume); returns the result."""
     start = time.perf_counter()
-    train_ds, test_ds = data.make("train"), data.make("test")
+    train_ds, test_ds = data.make_train_test()
     torch.manual_seed(cfg.seed)
     model, parent = load_for_data(pretrained, train_ds)
     pruning = read_config(pretrained).get("pruning")  # a pruned parent's record keeps the child loadable

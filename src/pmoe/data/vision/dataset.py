@@ -62,8 +62,10 @@ class ImageDataset(Dataset):
                   f"{tuple(self.images.shape)}")
         check(self.labels.shape == (N,) and self.labels.dtype == torch.int64,
               f"ImageDataset.labels must be int64 ({N},), got {self.labels.dtype} {tuple(self.labels.shape)}")
-        check(N == 0 or 0 <= int(self.labels.min()) <= int(self.labels.max()) < len(self.classes),
-              f"ImageDataset.labels must lie in [0, {len(self.classes)}) (one per class name)")
+        low, high = (int(self.labels.min()), int(self.labels.max())) if N else (0, 0)
+        check(0 <= low and high < len(self.classes),
+              f"labels of {self._where()} must lie in [0, {len(self.classes)}) (one per class name), got "
+              f"{low if low < 0 else high}")
         check(len(self.mean) == len(self.std) == self.channels and min(self.std) > 0,
               f"ImageDataset mean {self.mean} and std {self.std} must have one entry per channel "
               f"({self.channels}), std > 0")
@@ -71,6 +73,12 @@ class ImageDataset(Dataset):
               f"ImageDataset.groups must be None or int64 ({N},)")
         for name, a in self.attributes.items():
             check(a.shape == (N,), f"ImageDataset attribute {name!r} must have shape ({N},), got {tuple(a.shape)}")
+
+    def _where(self) -> str:
+        """The data set, split and folder this is, from `meta`, for messages."""
+        m = self.meta
+        return " ".join(str(v) for v in (m.get("name", "the image data set"), m.get("split"),
+                                         f"in {m['data_dir']}" if m.get("data_dir") else None) if v)
 
     def __len__(self) -> int:
         return len(self.labels)
