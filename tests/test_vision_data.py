@@ -243,12 +243,13 @@ def test_image_folder(tmp_path):
     images = train.images[torch.arange(5)]
     assert images.shape == (5, 3, 5, 6) and int(images[0, 1, 2, 3]) == 40
     assert (images[3:].int() - 200).abs().max() <= 2  # JPEG
-    val = make_image_dataset("imagefolder", "val", data_dir=root, image_size=4)
-    assert val.image_shape == (3, 4, 4) and len(val) == 5 and val.mean == STATS["imagenet"][0]
-    with pytest.raises(PmoeError, match="no test/ folder"):
-        make_image_dataset("imagefolder", "test", data_dir=root)
+    test = make_image_dataset("imagefolder", "test", data_dir=root, image_size=4)  # val/ serves as test/ here
+    assert test.image_shape == (3, 4, 4) and len(test) == 5 and test.mean == STATS["imagenet"][0]
+    with pytest.raises(PmoeError, match="val/ folder serves as the test split: set val_fraction > 0"):
+        make_image_dataset("imagefolder", "val", data_dir=root)
+    full = fake_folder(tmp_path / "full", splits=("train", "val", "test"))
     with pytest.raises(PmoeError, match="val_fraction must be 0"):
-        make_image_dataset("imagefolder", "train", data_dir=root, val_fraction=0.5)
+        make_image_dataset("imagefolder", "train", data_dir=full, val_fraction=0.5)
 
 
 def test_image_folder_without_val_holds_one_out(tmp_path):

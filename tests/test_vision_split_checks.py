@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pmoe.cli import main
-from pmoe.data.vision import ImageDataset
+from pmoe.data.vision import ImageBatches, ImageDataset, make_image_dataset
 from pmoe.errors import PmoeError
 
 from test_vision_data import write_idx
@@ -71,3 +72,17 @@ def test_the_data_folder_is_recorded_absolute(tmp_path, capsys, monkeypatch):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["data_dir"] == str(tmp_path / "mnist")
     monkeypatch.chdir(tmp_path / "mnist")  # where a relative "mnist" would not be found
     assert main(["eval", str(tmp_path / "run")]) == 0
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_image_that_cannot_be_decoded_is_one_line_from_any_worker(tmp_path, workers):
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / split / cls / "0.png")
+    (tmp_path / "train" / "b" / "1.png").write_bytes(b"not a png")
+    ds = make_image_dataset("imagefolder", "train", data_dir=tmp_path)
+    with pytest.raises(PmoeError) as e:
+        list(ImageBatches(ds, 3, num_workers=workers))
+    assert str(e.value).startswith(f"image file {tmp_path / 'train' / 'b' / '1.png'} cannot be decoded")
+    assert "\n" not in str(e.value) and "Traceback" not in str(e.value)

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from pmoe.data.vision.augment import Augment, augment_batch
 from pmoe.data.vision.dataset import ImageDataset, normalize
 from pmoe.data.vision.splits import seeded_generator
-from pmoe.errors import check
+from pmoe.errors import PmoeError, check
 
 
 class _RawImages(Dataset):
@@ -65,5 +65,23 @@ class ImageBatches:
         """(uint8 images (B, C, H, W), labels (B,)) of each index batch."""
         if self.ds.in_memory:
             return ((self.ds.images[idx], self.ds.labels[idx]) for idx in batches)
-        return iter(DataLoader(_RawImages(self.ds), batch_sampler=[b.tolist() for b in batches],
-                               num_workers=self.num_workers, pin_memory=self.device.type == "cuda"))
+        return self._decoded(DataLoader(_RawImages(self.ds), batch_sampler=[b.tolist() for b in batches],
+                                        num_workers=self.num_workers, pin_memory=self.device.type == "cuda"))
+
+    @staticmethod
+    def _decoded(loader: DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
+        """The loader's batches; a PmoeError of a worker (a file that cannot be decoded) with its own one-line message,
+        without the worker's traceback that torch adds to it."""
+        try:
+            yield from loader
+        except PmoeError as e:
+            raise PmoeError(worker_message(str(e))) from None
+
+
+def worker_message(message: str) -> str:
+    """The message a DataLoader worker's PmoeError was raised with, from the one torch re-raises it with ("Caught
+    PmoeError in DataLoader worker process 0. Original Traceback ... pmoe.errors.PmoeError: MESSAGE")."""
+    lines = message.strip().splitlines()
+    if len(lines) < 2 or not lines[0].startswith("Caught "):
+        return message
+    return lines[-1].split(": ", 1)[1] if lines[-1].startswith(f"{PmoeError.__module__}.PmoeError: ") else lines[-1]

@@ -12,7 +12,7 @@ from pmoe.data.vision.celeba import CelebAConfig, load_celeba
 from pmoe.data.vision.cifar import load_cifar
 from pmoe.data.vision.dataset import ImageDataset
 from pmoe.data.vision.domains import DomainsConfig, load_domains
-from pmoe.data.vision.files import FileImageConfig
+from pmoe.data.vision.files import IMAGE_KINDS, FileImageConfig
 from pmoe.data.vision.folder import ImageFolderConfig, load_image_folder
 from pmoe.data.vision.mnist import CLASSES, CanvasImageConfig, load_canvas_images, load_idx_images
 from pmoe.data.vision.splits import SPLITS, SplitConfig, train_val_test
@@ -111,7 +111,7 @@ def make_image_dataset(name: str, split: str, data_dir: str | os.PathLike | None
     check_fields(spec.config, options, f"options of image data set {name!r}", hidden=("data_dir",))
     data_dir = data_dir if data_dir is not None else spec.default_dir
     check(data_dir is not None, f"image data set {name!r} needs a data_dir: the root of a tree "
-          "train/<class>/*.png|jpg (val/<class>/..., test/<class>/... optional)")
+          f"train/<class>/<images: {IMAGE_KINDS}> (val/<class>/..., test/<class>/... optional)")
     ds = spec.load(spec.config(**options), str(data_dir), split)
     ds.meta.update(name=name, split=split)
     return ds
