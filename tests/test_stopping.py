@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pmoe.cli import main
 from pmoe.experiments.runner import parallel_map
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
@@ -90,3 +91,19 @@ def test_sigterm_ends_a_training_run_and_removes_its_unfinished_output(tmp_path)
     assert proc.wait(timeout=60) == 143
     assert proc.stderr.read().strip().splitlines()[-1] == "pmoe train: terminated"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sig,status,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_while_the_commands_are_imported_is_one_line(monkeypatch, capsys, sig, status, word):
+    def importing():  # the sub-commands' modules (torch) take a second or more to import
+        os.kill(os.getpid(), sig)
+        time.sleep(5)
+    monkeypatch.setattr("pmoe.cli.build_parser", importing)
+    assert main(["train"]) == status
+    assert capsys.readouterr().err == f"pmoe: {word}\n"
+
+
+def test_the_console_script_exits_with_the_commands_status(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pmoe", "eval", str(tmp_path / "missing")], env=ENV,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("pmoe eval: error: checkpoint folder")

@@ -3,8 +3,8 @@ process runs it and rank 0 alone prints results on stdout (errors and warnings c
 import os
 import sys
 
-from pmoe.cli import main
+from pmoe.cli import console
 
 if int(os.environ.get("RANK", "0")) > 0:
     sys.stdout = open(os.devnull, "w")
-sys.exit(main())
+console()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -46,20 +47,34 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `pmoe` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """The command line `argv` (default: sys.argv[1:]); returns the exit status. Ctrl-C and SIGTERM end it with one
+    line from the start, while the sub-commands' modules (torch) are still being imported."""
+    name = "pmoe"
     try:
         with _sigterm_raises():
+            args = build_parser().parse_args(argv)
+            name = f"pmoe {args.command}"
             return int(args.func(args) or 0)
     except (PmoeError, OSError) as e:
-        print(f"pmoe {args.command}: error: {os_message(e) if isinstance(e, OSError) else e}", file=sys.stderr)
+        print(f"{name}: error: {os_message(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"pmoe {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
     except Terminated:
-        print(f"pmoe {args.command}: terminated", file=sys.stderr)
+        print(f"{name}: terminated", file=sys.stderr)
         return 143
+
+
+def console() -> None:
+    """The `pmoe` console script (and `python -m pmoe`): main(), then exit with its status. A Ctrl-C or SIGTERM that
+    comes while the interpreter shuts down, when the command's outputs are complete, exits at once with that status
+    (no traceback from an atexit handler, no death by the signal)."""
+    code = main()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: os._exit(code))
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,3 @@
-import sys
+from pmoe.cli import console
 
-from pmoe.cli import main
-
-sys.exit(main())
+console()
