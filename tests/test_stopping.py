@@ -99,7 +99,11 @@ def test_a_signal_while_the_commands_are_imported_is_one_line(monkeypatch, capsy
         os.kill(os.getpid(), sig)
         time.sleep(5)
     monkeypatch.setattr("pmoe.cli.build_parser", importing)
-    assert main(["train"]) == status
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job inherits SIGINT ignored
+    try:
+        assert main(["train"]) == status
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert capsys.readouterr().err == f"pmoe: {word}\n"
 
 
