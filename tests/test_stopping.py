@@ -61,7 +61,11 @@ def test_workers_of_a_killed_command_end_themselves():
     script = "from test_stopping import nap; from pmoe.experiments.runner import parallel_map; " \
              "parallel_map(nap, [120, 120], workers=2, progress=False)"
     proc = subprocess.Popen([sys.executable, "-c", script], env=ENV, stdout=subprocess.PIPE, text=True)
-    workers = [int(proc.stdout.readline()) for _ in range(2)]
+    workers = []
+    while len(workers) < 2:  # the workers' process ids (other output, such as blank lines, skipped)
+        line = proc.stdout.readline()
+        assert line, "the script ended before its workers started"
+        workers += [int(line)] if line.strip().isdigit() else []
     assert all(running(w) for w in workers)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
