@@ -57,21 +57,6 @@ def test_a_failed_item_stops_the_running_ones_at_once():
     assert time.monotonic() - start < 60  # the sleeping items were ended, not waited for (120 s)
 
 
-def test_workers_of_a_killed_command_end_themselves():
-    script = "from test_stopping import nap; from pmoe.experiments.runner import parallel_map; " \
-             "parallel_map(nap, [120, 120], workers=2, progress=False)"
-    proc = subprocess.Popen([sys.executable, "-c", script], env=ENV, stdout=subprocess.PIPE, text=True)
-    workers = []
-    while len(workers) < 2:  # the workers' process ids (other output, such as blank lines, skipped)
-        line = proc.stdout.readline()
-        assert line, "the script ended before its workers started"
-        workers += [int(line)] if line.strip().isdigit() else []
-    assert all(running(w) for w in workers)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert wait_until(lambda: not any(running(w) for w in workers), 30), "orphaned workers still run"
-
-
 def test_sigterm_ends_a_sweep_with_one_line_and_no_worker_left(tmp_path):
     out = tmp_path / "sweep"
     args = ["experiment", "sample-complexity", "--data", "synthetic", "--samples", "400", "--epochs", "100000",
